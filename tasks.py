@@ -1,0 +1,20 @@
+"""Root of the task tree that ``invoke`` loads (``invoke --list``).
+
+Invoke imports this file as the module ``tasks``, which hides the ``tasks/``
+package beside it. Pointing ``__path__`` at that folder turns this module into
+the package, so ``from tasks import data`` finds ``tasks/data.py`` here, under
+Fabric's ``fabfile.py`` and under pytest (which imports ``tasks/__init__.py``,
+kept empty) alike. Collection modules import only Invoke and the standard
+library at the top, so listing tasks stays instant.
+"""
+
+from pathlib import Path
+
+from invoke import Collection
+
+__path__ = [str(Path(__file__).with_name("tasks"))]
+
+from tasks import config, pipeline  # noqa: E402
+
+ns = Collection(config)
+ns.add_task(pipeline.pipeline)

@@ -1,0 +1,79 @@
+"""What every collection module shares: the task class and config resolution."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import invoke
+from invoke import Exit
+
+if TYPE_CHECKING:
+    from titanenv.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+MACHINE_HELP = "Machine profile from machines/ (default: the configured `machine`, local)."
+
+
+class ProjectTask(invoke.Task):
+    """A task whose deliberate library errors end it with one line and status 1."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from titanenv.errors import TitanEnvError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except TitanEnvError as exc:
+            raise Exit(f"error: {exc}", code=1) from None
+
+
+task = functools.partial(invoke.task, klass=ProjectTask)
+
+
+def _leave_project_env_vars_raw() -> None:
+    """Let the project's loader, not Invoke, parse INVOKE_* values of its own keys.
+
+    Invoke casts each INVOKE_* variable to the type of the value in
+    invoke.yaml and dies with a traceback on a bad one (INVOKE_SLURM_NODES=x,
+    or any list). titanenv.config reads the same variables with typed
+    validation and a one-line error naming the variable, so for keys outside
+    Invoke's (and Fabric's) own defaults Invoke keeps the raw string.
+    """
+    import sys
+
+    from invoke.env import Environment
+
+    if getattr(Environment._path_set, "_project_raw", False):
+        return
+    invoke_path_set = Environment._path_set
+
+    def _path_set(self: Environment, key_path: Any, value: str) -> None:
+        own_keys = set(invoke.Config.global_defaults())
+        fabric_config = sys.modules.get("fabric.config")
+        if fabric_config is not None:
+            own_keys.update(fabric_config.Config.global_defaults())
+        if key_path and key_path[0] not in own_keys:
+            node = self.data
+            for key in key_path[:-1]:
+                node = node.setdefault(key, {})
+            node[key_path[-1]] = value
+            return
+        invoke_path_set(self, key_path, value)
+
+    _path_set._project_raw = True  # type: ignore[attr-defined]
+    Environment._path_set = _path_set  # type: ignore[method-assign]
+
+
+_leave_project_env_vars_raw()
+
+
+def load(c: invoke.Context, flags: Mapping[str, Any] | None = None) -> "Config":
+    """Resolve the layered configuration; ``flags`` maps dotted keys to CLI values.
+
+    Options left at None do not override anything.
+    """
+    from titanenv.config import load_config
+
+    return load_config(REPO_ROOT, flags=flags)

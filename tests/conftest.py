@@ -1,0 +1,44 @@
+"""Fixtures shared by every test: an isolated home, a copy of the project config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh $HOME and no INVOKE_* variables, so a user's own settings never leak in."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith("INVOKE_"):
+            monkeypatch.delenv(name)
+    return home
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A scratch copy of the repository's configuration, templates and tasks to edit freely."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("invoke.yaml", "tasks.py"):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    for name in ("machines", "sbatch_templates", "tasks"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_invoke(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run this project's `invoke` as a user would, capturing its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )

@@ -1,0 +1,339 @@
+"""Layered configuration: precedence, machine profiles, derived paths, bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, run_invoke
+from titanenv.config import cache_environment, container_stem, known_machines, load_config
+from titanenv.errors import ConfigError
+
+
+def line_of(path: Path, text: str) -> int:
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if text in line:
+            return number
+    raise AssertionError(f"{text!r} not in {path}")
+
+
+def edit_yaml(path: Path, update: dict) -> None:
+    data = yaml.safe_load(path.read_text()) or {}
+    for dotted, value in update.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# --- precedence --------------------------------------------------------------
+
+
+def test_each_layer_overrides_the_one_below(project: Path, isolated_home: Path) -> None:
+    invoke_yaml = project / "invoke.yaml"
+    config = load_config(project, environ={})
+    assert config.settings.slurm.time == "00:20:00"
+    assert config.origin("slurm.time") == f"invoke.yaml:{line_of(invoke_yaml, 'time:')}"
+
+    edit_yaml(project / "machines" / "local.yaml", {"slurm.time": "00:30:00"})
+    config = load_config(project, environ={})
+    assert config.settings.slurm.time == "00:30:00"
+    assert config.origin("slurm.time").startswith("machines/local.yaml:")
+
+    user_file = isolated_home / ".config" / "titanenv" / "config.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("slurm:\n  time: '00:40:00'\n")
+    config = load_config(project, environ={})
+    assert config.settings.slurm.time == "00:40:00"
+    assert config.origin("slurm.time") == "~/.config/titanenv/config.yaml:2"
+
+    environ = {"INVOKE_SLURM_TIME": "00:50:00"}
+    config = load_config(project, environ=environ)
+    assert config.settings.slurm.time == "00:50:00"
+    assert config.origin("slurm.time") == "env INVOKE_SLURM_TIME"
+
+    config = load_config(project, environ=environ, flags={"slurm.time": "01:00:00"})
+    assert config.settings.slurm.time == "01:00:00"
+    assert config.origin("slurm.time") == "flag --time"
+
+
+def test_machine_is_chosen_by_flag_then_env_then_user_file_then_project(project: Path, isolated_home: Path) -> None:
+    assert load_config(project, environ={}).machine == "local"
+    user_file = isolated_home / ".config" / "titanenv" / "config.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("machine: jwb\n")
+    assert load_config(project, environ={}).machine == "jwb"
+    assert load_config(project, environ={"INVOKE_MACHINE": "jrc"}).machine == "jrc"
+    assert load_config(project, environ={"INVOKE_MACHINE": "jrc"}, flags={"machine": "mn5a"}).machine == "mn5a"
+
+
+def test_user_file_can_be_moved_by_env(project: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "mine.yaml"
+    elsewhere.write_text("slurm:\n  nodes: 7\n")
+    config = load_config(project, environ={"INVOKE_USER_CONFIG": str(elsewhere)})
+    assert config.settings.slurm.nodes == 7
+    assert config.origin("slurm.nodes") == f"{elsewhere}:2"
+
+
+def test_env_values_are_parsed_by_type(project: Path) -> None:
+    config = load_config(
+        project,
+        environ={
+            "INVOKE_SLURM_NODES": "4",
+            "INVOKE_CONTAINER_BINDS": "[/a, /b]",
+            "INVOKE_CONTAINER_GPUS": "false",
+            # A string setting keeps the text as it is, even if it looks like a number.
+            "INVOKE_SLURM_JOB_NAME": "123",
+        },
+    )
+    assert config.settings.slurm.nodes == 4
+    assert config.settings.container.binds == ["/a", "/b"]
+    assert config.settings.container.gpus is False
+    assert config.settings.slurm.job_name == "123"
+
+
+# --- machine profiles --------------------------------------------------------
+
+
+def test_every_profile_validates() -> None:
+    assert set(known_machines(REPO_ROOT)) >= {"local", "jwb", "jwc", "jrc", "jpb", "mn5a"}
+    for machine in known_machines(REPO_ROOT):
+        config = load_config(REPO_ROOT, flags={"machine": machine}, environ={})
+        cluster = config.settings.cluster
+        assert cluster.partitions.gpu.debug.partition or cluster.partitions.gpu.debug.qos
+        assert config.cores_per_node >= 1
+
+
+def test_jsc_facts_live_in_the_shared_base_once() -> None:
+    jsc = REPO_ROOT / "machines" / "jsc.yaml"
+    for machine in ("jwb", "jwc", "jrc", "jpb"):
+        config = load_config(REPO_ROOT, flags={"machine": machine}, environ={})
+        assert config.machine_chain == ("jsc", machine)
+        assert config.settings.cluster.account == "trustllm-eu"
+        assert config.origin("cluster.account") == f"machines/jsc.yaml:{line_of(jsc, 'account:')}"
+        assert config.settings.cluster.network.master_host_suffix == "i"
+        assert config.settings.cluster.network.env == {"GLOO_SOCKET_IFNAME": "ib0", "NCCL_IB_TIMEOUT": "20"}
+        assert config.settings.cluster.modules.load == ["Stages/2025", "GCC"]
+        assert config.settings.cluster.container_runtime == "apptainer"
+    for other in ("jwb.yaml", "jwc.yaml", "jrc.yaml", "jpb.yaml"):
+        text = (REPO_ROOT / "machines" / other).read_text()
+        for fact in ("account:", "project_root:", "GLOO_SOCKET_IFNAME", "master_host_suffix", "Stages/2025"):
+            assert fact not in text, f"{other} repeats {fact} from jsc.yaml"
+
+
+@pytest.mark.parametrize(
+    ("machine", "facts"),
+    [
+        ("jwb", {"cores_per_node": 48, "gpus_per_node": 4, "cuda_compute_capabilities": ["8.0"], "cpu_arch": "x86_64"}),
+        ("jwc", {"cores_per_node": 48, "cuda_compute_capabilities": ["7.0"]}),
+        ("jrc", {"cores_per_node": 128, "cuda_compute_capabilities": ["8.0", "9.0"]}),
+        ("jpb", {"cores_per_node": 288, "cpu_arch": "aarch64", "cuda_compute_capabilities": ["9.0"]}),
+        ("mn5a", {"cores_per_node": 80, "container_runtime": "singularity", "container_binary": "singularity",
+                  "account": "ehpc09", "project_root": "/gpfs/projects", "scratch_root": "/gpfs/scratch"}),
+        ("local", {"project_root": "~/trustllm/project", "scratch_root": "~/trustllm/scratch", "project": "trustllm",
+                   "container_runtime": "none"}),
+    ],
+)
+def test_machine_facts(machine: str, facts: dict) -> None:
+    cluster = load_config(REPO_ROOT, flags={"machine": machine}, environ={}).settings.cluster
+    for name, value in facts.items():
+        assert getattr(cluster, name) == value, name
+
+
+def test_mn5a_uses_qos_and_bsc_modules() -> None:
+    cluster = load_config(REPO_ROOT, flags={"machine": "mn5a"}, environ={}).settings.cluster
+    assert cluster.partitions.gpu.debug.qos == "acc_debug"
+    assert cluster.partitions.gpu.normal.qos == "acc_ehpc"
+    assert cluster.partitions.gpu.debug.partition == ""
+    assert cluster.modules.load == ["gcc"] and cluster.modules.try_load == ["singularity"]
+
+
+# --- derived paths -----------------------------------------------------------
+
+
+def test_derived_paths_follow_the_original_layout(isolated_home: Path) -> None:
+    config = load_config(REPO_ROOT, flags={"machine": "jpb"}, environ={"USER": "alice"})
+    paths = config.paths
+    user = config.user
+    assert paths.project_dir == Path(f"/p/project1/trustllm-eu/{user}/torchtitan")
+    assert paths.scratch_dir == Path(f"/p/scratch/trustllm-eu/{user}/torchtitan")
+    assert paths.repos_dir == paths.project_dir / "repos"
+    assert paths.venv_dir == paths.scratch_dir / "env_aarch64"
+    for name in ("data_dir", "checkpoint_dir", "container_dir", "offline_dir", "cache_dir", "runs_dir"):
+        assert getattr(paths, name).is_relative_to(paths.scratch_dir), name
+    assert paths.container_build_dir != paths.container_dir
+
+
+def test_local_paths_expand_home(isolated_home: Path) -> None:
+    config = load_config(REPO_ROOT, flags={"user": "bob"}, environ={})
+    assert config.paths.scratch_dir == isolated_home / "trustllm" / "scratch" / "trustllm" / "bob" / "torchtitan"
+
+
+def test_container_names_derive_from_image_tail_and_arch() -> None:
+    assert container_stem("torchtitan", "docker://nvcr.io/nvidia/pytorch:25.06-py3", "x86_64") == (
+        "torchtitan_pytorch_25.06-py3_x86_64"
+    )
+
+
+def test_every_cache_points_into_scratch(isolated_home: Path) -> None:
+    config = load_config(REPO_ROOT, environ={})
+    env = cache_environment(config.paths.cache_dir)
+    for name in ("PIP_CACHE_DIR", "TRITON_CACHE_DIR", "TORCH_HOME", "TORCH_EXTENSIONS_DIR", "HF_HOME",
+                 "HF_DATASETS_CACHE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "APPTAINER_CACHEDIR", "APPTAINER_TMPDIR",
+                 "SINGULARITY_CACHEDIR"):
+        assert Path(env[name]).is_relative_to(config.paths.scratch_dir), name
+
+
+def test_path_templates_are_overridable(project: Path) -> None:
+    config = load_config(project, flags={"paths.data_dir": "/srv/shared/{user}/data"}, environ={"USER": "carol"})
+    assert config.paths.data_dir == Path(f"/srv/shared/{config.user}/data")
+    assert config.origin("paths.data_dir") == "flag --data-dir"
+
+
+# --- bad input ---------------------------------------------------------------
+
+
+def error_of(project: Path, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(project, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_key_in_project_file_names_file_line_and_key(project: Path) -> None:
+    path = project / "invoke.yaml"
+    path.write_text(path.read_text().replace("  nodes: 1\n", "  nodes: 1\n  nodez: 2\n"))
+    message = error_of(project, environ={})
+    assert message.startswith(f"invoke.yaml:{line_of(path, 'nodez')}: slurm.nodez: unknown key")
+    assert "did you mean 'nodes'" in message
+
+
+def test_unknown_key_in_machine_file(project: Path) -> None:
+    path = project / "machines" / "jwb.yaml"
+    path.write_text(path.read_text().replace("  gpus_per_node: 4\n", "  gpus_per_nod: 4\n"))
+    message = error_of(project, flags={"machine": "jwb"}, environ={})
+    assert message.startswith(f"machines/jwb.yaml:{line_of(path, 'gpus_per_nod')}: cluster.gpus_per_nod: unknown key")
+
+
+def test_wrong_type_names_file_and_key(project: Path) -> None:
+    path = project / "machines" / "jwb.yaml"
+    path.write_text(path.read_text().replace("cores_per_node: 48", "cores_per_node: many"))
+    message = error_of(project, flags={"machine": "jwb"}, environ={})
+    assert message.startswith(f"machines/jwb.yaml:{line_of(path, 'cores_per_node')}: cluster.cores_per_node:")
+    assert "'many'" in message
+
+
+def test_missing_machine_file_lists_known_ones(project: Path) -> None:
+    message = error_of(project, environ={"INVOKE_MACHINE": "juwels"})
+    assert message.startswith("env INVOKE_MACHINE: machine: no machine profile machines/juwels.yaml")
+    assert "jwb" in message and "local" in message
+
+
+def test_a_shared_base_is_not_a_machine(project: Path) -> None:
+    message = error_of(project, flags={"machine": "jsc"}, environ={})
+    assert "shared base" in message and "jwb" in message
+
+
+def test_inheritance_cycle(project: Path) -> None:
+    (project / "machines" / "jsc.yaml").write_text("inherits: jwb\n")
+    assert "inheritance cycle: jwb -> jsc -> jwb" in error_of(project, flags={"machine": "jwb"}, environ={})
+
+
+def test_path_that_cannot_exist(project: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = project / "machines" / "local.yaml"
+    path.write_text(path.read_text().replace("~/trustllm/scratch", f"{blocker}/scratch"))
+    message = error_of(project, environ={})
+    assert message.startswith(f"machines/local.yaml:{line_of(path, 'scratch_root')}: cluster.scratch_root:")
+    assert "is not a directory" in message
+
+
+def test_relative_root_is_rejected(project: Path) -> None:
+    message = error_of(project, flags={"paths.cache_dir": "cache"}, environ={})
+    assert message == "flag --cache-dir: paths.cache_dir: 'cache' is not absolute"
+
+
+def test_bad_slurm_time_and_partition_kind(project: Path) -> None:
+    assert "not a Slurm time limit" in error_of(project, flags={"slurm.time": "20 minutes"}, environ={})
+    message = error_of(project, flags={"slurm.partition": "huge"}, environ={})
+    assert message.startswith("flag --partition: slurm.partition:") and "'debug'" in message
+
+
+def test_invalid_yaml_and_duplicate_keys(project: Path, isolated_home: Path) -> None:
+    user_file = isolated_home / ".config" / "titanenv" / "config.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text("slurm:\n  nodes: [1\n")
+    assert error_of(project, environ={}).startswith("~/.config/titanenv/config.yaml:")
+    user_file.write_text("slurm:\n  nodes: 1\n  nodes: 2\n")
+    assert error_of(project, environ={}) == (
+        "~/.config/titanenv/config.yaml:3: slurm.nodes: duplicate key; YAML would silently keep only the last one"
+    )
+
+
+def test_machine_facts_are_refused_in_project_defaults(project: Path) -> None:
+    path = project / "invoke.yaml"
+    path.write_text(path.read_text() + "cluster:\n  gpus_per_node: 8\n")
+    assert "belong in machines/*.yaml" in error_of(project, environ={})
+
+
+def test_unknown_env_variable_of_a_known_section(project: Path) -> None:
+    message = error_of(project, environ={"INVOKE_SLURM_NODE": "3"})
+    assert message == "env INVOKE_SLURM_NODE: names no configuration key (did you mean INVOKE_SLURM_NODES?)"
+
+
+def test_bad_env_value_is_one_line_from_the_cli() -> None:
+    result = run_invoke("config.check", env={"INVOKE_SLURM_NODES": "x"})
+    assert result.returncode == 1
+    assert result.stdout.strip() == "FAIL configured machine: env INVOKE_SLURM_NODES: slurm.nodes: expected a valid integer (got 'x')"
+    assert "Traceback" not in result.stderr
+
+
+def test_task_error_is_one_line_on_stderr() -> None:
+    result = run_invoke("config.show", "--machine", "nowhere")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: flag --machine: machine: no machine profile machines/nowhere.yaml")
+
+
+# --- config tasks ------------------------------------------------------------
+
+
+def test_config_show_prints_values_and_sources() -> None:
+    result = run_invoke("config.show", "--machine", "jwb", env={"INVOKE_SLURM_NODES": "2"})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if not line.startswith("#")}
+    assert re.search(r"develbooster\s+# machines/jwb\.yaml:\d+$", rows["cluster.partitions.gpu.debug.partition"])
+    assert re.search(r"trustllm-eu\s+# machines/jsc\.yaml:\d+$", rows["cluster.account"])
+    assert re.search(r"\b2\s+# env INVOKE_SLURM_NODES$", rows["slurm.nodes"])
+    assert re.search(r"jwb\s+# flag --machine$", rows["machine"])
+    assert "env_x86_64" in rows["derived.venv_dir"]
+
+
+def test_config_show_as_json() -> None:
+    import json
+
+    result = run_invoke("config.show", "--machine", "mn5a", "--format", "json")
+    data = json.loads(result.stdout)
+    assert data["cluster"]["container_binary"] == "singularity"
+    assert data["derived"]["scratch_dir"].startswith("/gpfs/scratch/ehpc09/")
+
+
+def test_config_check_all_profiles() -> None:
+    result = run_invoke("config.check", "--all")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {line.split()[1].rstrip(":") for line in result.stdout.splitlines()} >= {"jwb", "jwc", "jrc", "jpb", "mn5a", "local"}
+
+
+def test_config_check_fails_on_a_broken_profile(project: Path) -> None:
+    path = project / "machines" / "jrc.yaml"
+    path.write_text(path.read_text().replace("cores_per_node: 128", "cores_per_node: -1"))
+    result = run_invoke("config.check", "--all", cwd=project)
+    assert result.returncode == 1
+    assert f"FAIL jrc: machines/jrc.yaml:{line_of(path, 'cores_per_node')}: cluster.cores_per_node:" in result.stdout

@@ -1,0 +1,65 @@
+"""The task tree: light to load, every option documented, errors as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, run_invoke
+
+HEAVY = ("torch", "torchtitan", "datasets", "tokenizers", "gigatoken", "numpy", "jinja2", "pydantic", "fabric", "paramiko")
+
+
+def load_root_collection_in_subprocess(code: str) -> str:
+    script = (
+        "import sys\n"
+        "from invoke import Config\n"
+        "from invoke.loader import FilesystemLoader\n"
+        f"module, _ = FilesystemLoader(start={str(REPO_ROOT)!r}, config=Config()).load('tasks')\n"
+        "from invoke import Collection\n"
+        "ns = Collection.from_module(module)\n" + code
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_listing_tasks_imports_nothing_heavy() -> None:
+    out = load_root_collection_in_subprocess(
+        "import json\n"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    assert json.loads(out) == []
+
+
+def test_every_task_and_option_is_documented() -> None:
+    out = load_root_collection_in_subprocess(
+        "import json\n"
+        "rows = []\n"
+        "for name in ns.task_names:\n"
+        "    task = ns[name]\n"
+        "    params = list(task.argspec(task.body).parameters)\n"
+        "    rows.append([name, bool((task.__doc__ or task.body.__doc__ or '').strip()), sorted(set(params) - set(task.help))])\n"
+        "print(json.dumps(rows))\n"
+    )
+    rows = json.loads(out)
+    assert rows, "no tasks found"
+    for name, has_doc, undocumented in rows:
+        assert has_doc, f"{name} has no docstring"
+        assert undocumented == [], f"{name}: options without help: {undocumented}"
+
+
+def test_invoke_list_reads_like_a_table_of_contents() -> None:
+    result = run_invoke("--list")
+    assert result.returncode == 0, result.stderr
+    for name in ("config.show", "config.check", "config.machines"):
+        assert name in result.stdout
+
+
+def test_tasks_package_and_root_module_agree() -> None:
+    """pytest imports tasks/ as a package; invoke loads tasks.py; both see the same modules."""
+    import tasks.config
+
+    assert tasks.config.ns.name is None or tasks.config.ns.name == "config"
+    assert "show" in tasks.config.ns.task_names

@@ -1,0 +1,215 @@
+"""The typed shape of the resolved configuration.
+
+Every key the project reads is declared here, once. Models forbid unknown keys
+and use strict types, so a typo or a wrong type in any layer is an error that
+names the key. Values come from ``invoke.yaml`` (project defaults) and
+``machines/*.yaml`` (machine facts); the few defaults below are "nothing"
+values (empty lists, no QoS), never facts about a machine.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+CpuArch = Literal["x86_64", "aarch64"]
+Runtime = Literal["apptainer", "singularity", "docker", "podman", "none"]
+PartitionKind = Literal["debug", "normal", "large"]
+PARTITION_KINDS: tuple[str, ...] = ("debug", "normal", "large")
+
+# Slurm's accepted time-limit forms (sbatch(1), --time).
+_SLURM_TIME = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$"
+)
+_COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+[a-z]?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def slurm_time_problem(value: str) -> str | None:
+    """Why ``value`` is not a Slurm time limit, or None when it is one."""
+    if _SLURM_TIME.match(value):
+        return None
+    return f"{value!r} is not a Slurm time limit; use MM, HH:MM:SS or D-HH:MM:SS (e.g. 00:20:00)"
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # Environment values are naturally written as numbers in YAML (NCCL_IB_TIMEOUT: 20).
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[StrictStr, BeforeValidator(_scalar_to_str)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# --- machine facts (machines/*.yaml only) ------------------------------------
+
+
+class PartitionSpec(Model):
+    """Where one kind of job goes: a partition, a QoS, or both ("" = omit)."""
+
+    partition: StrictStr = ""
+    qos: StrictStr = ""
+
+
+def _partition_shorthand(value: Any) -> Any:
+    # `debug: develbooster` is short for `debug: {partition: develbooster}`.
+    return {"partition": value} if isinstance(value, str) else value
+
+
+PartitionEntry = Annotated[PartitionSpec, BeforeValidator(_partition_shorthand)]
+
+
+class PartitionSet(Model):
+    debug: PartitionEntry
+    normal: PartitionEntry
+    large: PartitionEntry
+
+
+class Partitions(Model):
+    """GPU partitions (training) and, where the machine has them, CPU-only ones."""
+
+    gpu: PartitionSet
+    cpu: PartitionSet | None = None
+
+
+class Modules(Model):
+    """Environment modules loaded before anything runs on the machine."""
+
+    purge: StrictBool = False
+    load: list[StrictStr] = []
+    try_load: list[StrictStr] = Field(default=[], description="loaded if present (module try-load)")
+
+
+class Network(Model):
+    """Settings of multi-node jobs."""
+
+    master_host_suffix: StrictStr = ""
+    master_port: StrictInt = Field(ge=1, le=65535)
+    env: dict[StrictStr, EnvValue] = {}
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
+
+
+class Cluster(Model):
+    description: StrictStr
+    project_root: StrictStr
+    scratch_root: StrictStr
+    project: StrictStr = Field(description="directory name under both roots")
+    account: StrictStr = Field(description="Slurm account; empty for none")
+    cpu_arch: CpuArch | Literal["auto"]
+    cores_per_node: Annotated[StrictInt, Field(ge=1)] | Literal["auto"]
+    gpus_per_node: Annotated[StrictInt, Field(ge=0)]
+    cuda_compute_capabilities: list[StrictStr]
+    partitions: Partitions
+    modules: Modules = Modules()
+    network: Network
+    container_runtime: Runtime
+    container_binary: StrictStr
+    sbatch_options: dict[StrictStr, EnvValue] = Field(
+        default={}, description="extra #SBATCH options for every job on this machine"
+    )
+
+    @field_validator("cuda_compute_capabilities")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        for cc in value:
+            if not _COMPUTE_CAPABILITY.match(cc):
+                raise ValueError(f"{cc!r} is not a CUDA compute capability like '8.0'")
+        return value
+
+
+# --- project settings (invoke.yaml, overridable per machine and user) --------
+
+
+class PathTemplates(Model):
+    """Derived directories; ``{placeholders}`` name earlier ones and cluster facts."""
+
+    project_dir: StrictStr
+    scratch_dir: StrictStr
+    repos_dir: StrictStr
+    venv_dir: StrictStr
+    data_dir: StrictStr
+    checkpoint_dir: StrictStr
+    runs_dir: StrictStr
+    container_dir: StrictStr
+    container_build_dir: StrictStr
+    offline_dir: StrictStr
+    cache_dir: StrictStr
+
+
+class PatchedFile(Model):
+    target: StrictStr = Field(description="absolute path inside the container")
+    source: StrictStr = Field(description="patched copy on the host")
+
+
+class ContainerSettings(Model):
+    image: StrictStr
+    image_digest: StrictStr = ""
+    name: StrictStr
+    gpus: StrictBool
+    binds: list[StrictStr] = []
+    patched_files: list[PatchedFile] = []
+    unset_env: list[StrictStr]
+
+
+class SlurmSettings(Model):
+    partition: PartitionKind
+    nodes: Annotated[StrictInt, Field(ge=1)]
+    time: StrictStr
+    account: StrictStr = Field(description="empty: the machine's account")
+    job_name: StrictStr = ""
+    options: dict[StrictStr, EnvValue] = {}
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        problem = slurm_time_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
+class DataSettings(Model):
+    inputs: list[StrictStr]
+    tokenizer: StrictStr
+    output: StrictStr
+    text_key: StrictStr
+
+
+class TrainSettings(Model):
+    config: StrictStr
+
+
+class Settings(Model):
+    machine: StrictStr
+    user_config: StrictStr
+    user: StrictStr = Field(description="empty: the login name")
+    env_name: StrictStr
+    cluster: Cluster
+    paths: PathTemplates
+    container: ContainerSettings
+    slurm: SlurmSettings
+    data: DataSettings
+    train: TrainSettings

@@ -1,0 +1,293 @@
+"""Render site-specific sbatch scripts from Jinja2 templates.
+
+Every value a template puts into the script must pass through a quoting
+filter (``q``, ``qjoin``, ``envname``, ``sbatch_option``, ``comment``); rendering fails on
+any ``{{ ... }}`` that did not, so a path with spaces, quotes or ``$(...)``
+can neither break nor inject into a script. Integers pass as they are.
+
+Templates live in ``sbatch_templates/``; a machine may override one with
+``sbatch_templates/<machine>/<name>``, and a profile's ancestors are searched
+in between (``jwb`` -> ``jsc`` -> common).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from titanenv.config import Config, HF_OFFLINE_ENVIRONMENT, cache_environment
+from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.config.schema import PARTITION_KINDS, PartitionSpec
+from titanenv.errors import ConfigError, RenderError
+
+TEMPLATES_DIR = "sbatch_templates"
+TEMPLATES = ("preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class Quoted(str):
+    """Text that is safe to paste into a shell script as it is."""
+
+
+def q(value: Any) -> Quoted:
+    """One shell word, quoted only where needed."""
+    if isinstance(value, bool) or value is None:
+        raise RenderError(f"refusing to render {value!r} as a shell word")
+    return Quoted(shlex.quote(str(value)))
+
+
+def qjoin(values: Iterable[Any]) -> Quoted:
+    """Several shell words: an argument vector that survives exactly."""
+    if isinstance(values, (str, bytes)):
+        raise RenderError(f"qjoin needs a list of words, got the string {values!r}")
+    return Quoted(" ".join(q(v) for v in values))
+
+
+def envname(name: Any) -> Quoted:
+    """An environment variable name, checked rather than quoted."""
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise RenderError(f"{name!r} is not an environment variable name")
+    return Quoted(name)
+
+
+def comment(value: Any) -> Quoted:
+    """Text for a ``#`` comment line: newlines, which would end the comment, become spaces."""
+    return Quoted(" ".join(str(value).splitlines()))
+
+
+def sbatch_option(name: Any) -> Quoted:
+    """An #SBATCH long-option name such as ``cpus-per-task``."""
+    if not isinstance(name, str) or not _OPTION_NAME.match(name):
+        raise RenderError(f"{name!r} is not an sbatch option name")
+    return Quoted(name)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Quoted):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise RenderError(f"unquoted value {str(value)[:60]!r} in a template: pipe it through | q")
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """What one job asks Slurm for; rendered as #SBATCH lines."""
+
+    job_name: str
+    nodes: int
+    ntasks_per_node: int
+    cpus_per_task: int
+    time: str
+    output: str
+    error: str
+    gpus_per_node: int = 0
+    partition: str = ""
+    qos: str = ""
+    account: str = ""
+    dependency: str = ""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def directives(self) -> list[tuple[str, str | int]]:
+        """``(option, value)`` pairs in the order the original scripts used."""
+        pairs: list[tuple[str, str | int]] = [
+            ("job-name", self.job_name),
+            ("nodes", self.nodes),
+            ("ntasks-per-node", self.ntasks_per_node),
+            ("cpus-per-task", self.cpus_per_task),
+        ]
+        options = dict(self.options)
+        if "threads-per-core" in options:
+            pairs.append(("threads-per-core", options.pop("threads-per-core")))
+        if self.gpus_per_node:
+            pairs.append(("gres", f"gpu:{self.gpus_per_node}"))
+        pairs.append(("time", self.time))
+        for name, value in (("account", self.account), ("partition", self.partition), ("qos", self.qos)):
+            if value:
+                pairs.append((name, value))
+        if self.dependency:
+            pairs.append(("dependency", self.dependency))
+        pairs += [("output", self.output), ("error", self.error)]
+        pairs += sorted(options.items())
+        return pairs
+
+
+def partition_for(config: Config, kind: str, *, gpu: bool) -> PartitionSpec:
+    """The partition/QoS of a job kind (debug, normal, large) on this machine.
+
+    CPU jobs use the machine's CPU-only partitions where it has them.
+    """
+    if kind not in PARTITION_KINDS:
+        raise ConfigError(
+            f"unknown partition kind {kind!r}; use one of: {', '.join(PARTITION_KINDS)}",
+            source=config.origin("slurm.partition"),
+            key="slurm.partition",
+        )
+    partitions = config.settings.cluster.partitions
+    chosen = partitions.gpu if gpu or partitions.cpu is None else partitions.cpu
+    return getattr(chosen, kind)
+
+
+def resources_for(
+    config: Config,
+    *,
+    job_name: str,
+    gpu: bool,
+    log_dir: Path,
+    ntasks_per_node: int = 1,
+    nodes: int | None = None,
+    cpus_per_task: int | None = None,
+    dependency: str = "",
+) -> JobResources:
+    """A job's resources from the resolved ``slurm`` settings and the machine's facts.
+
+    CPUs per task default to the node's cores shared evenly among its tasks;
+    GPU jobs ask for every GPU of the node.
+    """
+    slurm = config.settings.slurm
+    cluster = config.settings.cluster
+    spec = partition_for(config, slurm.partition, gpu=gpu)
+    return JobResources(
+        job_name=slurm.job_name or job_name,
+        nodes=nodes or slurm.nodes,
+        ntasks_per_node=ntasks_per_node,
+        cpus_per_task=cpus_per_task or max(1, config.cores_per_node // ntasks_per_node),
+        time=slurm.time,
+        output=str(log_dir / "%x-%j.out"),
+        error=str(log_dir / "%x-%j.err"),
+        gpus_per_node=cluster.gpus_per_node if gpu else 0,
+        partition=spec.partition,
+        qos=spec.qos,
+        account=slurm.account or cluster.account,
+        dependency=dependency,
+        options={**cluster.sbatch_options, **slurm.options},
+    )
+
+
+def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
+    """Variables every job exports: caches into scratch, HF offline, CUDA archs, network."""
+    cluster = config.settings.cluster
+    env = dict(cache_environment(config.paths.cache_dir))
+    env.update(HF_OFFLINE_ENVIRONMENT)
+    if cluster.cuda_compute_capabilities:
+        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, cluster.cuda_compute_capabilities)
+    if training:
+        env.update(cluster.network.env)
+        env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    return list(env.items())
+
+
+def _template_dirs(config: Config) -> list[Path]:
+    root = config.repo_root / TEMPLATES_DIR
+    dirs = [root / name for name in reversed(config.machine_chain)]
+    return [d for d in dirs if d.is_dir()] + [root]
+
+
+def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
+    """Render ``template`` for the configured machine; StrictUndefined, quoting enforced."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in _template_dirs(config)]),
+        undefined=jinja2.StrictUndefined,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters.update(q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, comment=comment)
+    cluster = config.settings.cluster
+    common = {
+        "machine": config.machine,
+        "description": cluster.description,
+        "modules": cluster.modules,
+        "runtime": cluster.container_runtime,
+        "runtime_binary": cluster.container_binary if cluster.container_runtime != "none" else "",
+        "network": cluster.network,
+    }
+    try:
+        return environment.get_template(template).render({**common, **context})
+    except jinja2.TemplateNotFound:
+        raise RenderError(f"{TEMPLATES_DIR}/{template}: no such template") from None
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"{TEMPLATES_DIR}/{template}: {exc.message}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{exc.filename or template}:{exc.lineno}: {exc.message}") from None
+
+
+def _render_job(
+    config: Config, template: str, *, title: str, task: str, resources: JobResources, run_dir: Path,
+    training: bool, **context: Any,
+) -> str:
+    from titanenv.launch import job_launcher
+
+    return render(
+        config,
+        template,
+        {
+            "title": title,
+            "task": task,
+            "resources": resources,
+            "environment": job_environment(config, training=training),
+            "workdir": str(run_dir),
+            "launcher": job_launcher(config),
+            **context,
+        },
+    )
+
+
+def preprocess_script(
+    config: Config, *, run_dir: Path, command: list[str], task: str = "data.preprocess", dependency: str = ""
+) -> str:
+    """One task on one node tokenizing with a worker process per CPU."""
+    resources = resources_for(config, job_name="preprocess", gpu=False, log_dir=run_dir, nodes=1, dependency=dependency)
+    return _render_job(
+        config, "preprocess.sbatch.j2", title="Preprocess data", task=task, resources=resources,
+        run_dir=run_dir, training=False, command=command,
+    )
+
+
+def preprocess_parallel_script(
+    config: Config,
+    *,
+    run_dir: Path,
+    command: list[str],
+    merge_command: list[str],
+    ntasks_per_node: int = 1,
+    task: str = "data.preprocess --parallel",
+    dependency: str = "",
+) -> str:
+    """Tasks over all nodes each tokenizing a share of the input, then one merge step."""
+    resources = resources_for(
+        config, job_name="preprocess-parallel", gpu=False, log_dir=run_dir,
+        ntasks_per_node=ntasks_per_node, dependency=dependency,
+    )
+    return _render_job(
+        config, "preprocess_parallel.sbatch.j2", title="Preprocess data in parallel", task=task,
+        resources=resources, run_dir=run_dir, training=False, command=command, merge_command=merge_command,
+    )
+
+
+def train_script(
+    config: Config,
+    *,
+    run_dir: Path,
+    command: list[str],
+    torchrun: list[str] | None = None,
+    task: str = "train.submit",
+    dependency: str = "",
+) -> str:
+    """One task per node running torchrun with c10d rendezvous on the first node."""
+    cluster = config.settings.cluster
+    resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
+    return _render_job(
+        config, "train.sbatch.j2", title="Train with TorchTitan", task=task, resources=resources,
+        run_dir=run_dir, training=True, command=command, torchrun=torchrun or ["torchrun"],
+        # CPU-only machines run one process per node.
+        nproc_per_node=cluster.gpus_per_node or 1,
+    )
