@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
+
+# Fixture modules of the areas that start real services (tests/fixtures/).
+pytest_plugins: list[str] = []
 
 
 @pytest.fixture(autouse=True)
@@ -35,10 +36,3 @@ def project(tmp_path: Path) -> Path:
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
-
-def run_invoke(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run this project's `invoke` as a user would, capturing its output."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
-    )

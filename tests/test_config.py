@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO_ROOT, run_invoke
+from tests.helpers import REPO_ROOT, run_invoke
 from titanenv.config import cache_environment, container_stem, known_machines, load_config
 from titanenv.errors import ConfigError
 

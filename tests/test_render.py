@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from titanenv import sbatch
 from titanenv.config import known_machines, load_config
 from titanenv.errors import RenderError

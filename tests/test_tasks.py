@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT, run_invoke
+from tests.helpers import REPO_ROOT, run_invoke
 
 HEAVY = ("torch", "torchtitan", "datasets", "tokenizers", "gigatoken", "numpy", "jinja2", "pydantic", "fabric", "paramiko")
 
