@@ -202,6 +202,14 @@ class TrainSettings(Model):
     config: StrictStr
 
 
+class EnvSettings(Model):
+    """The software stack inside the container: venv, pinned repositories, offline bundle."""
+
+
+class RemoteSettings(Model):
+    """Running tasks on a login node over SSH (fab -H)."""
+
+
 class Settings(Model):
     machine: StrictStr
     user_config: StrictStr
@@ -211,5 +219,7 @@ class Settings(Model):
     paths: PathTemplates
     container: ContainerSettings
     slurm: SlurmSettings
+    env: EnvSettings
     data: DataSettings
     train: TrainSettings
+    remote: RemoteSettings
