@@ -172,6 +172,27 @@ class ContainerSettings(Model):
     binds: list[StrictStr] = []
     patched_files: list[PatchedFile] = []
     unset_env: list[StrictStr]
+    archive_dir: StrictStr = Field(description="offline archives: <stem>.tar (docker save) or <stem>.sif")
+    network: StrictStr = Field(description="docker/podman --network")
+    env: dict[StrictStr, EnvValue] = {}
+    pass_env: list[StrictStr] = []
+    options: list[StrictStr] = []
+
+    @field_validator("unset_env", "pass_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\*?$", name):
+                raise ValueError(f"{name!r} is not a variable name (a trailing * matches a prefix)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
 
 class SlurmSettings(Model):
