@@ -165,6 +165,7 @@ def run_invocation(
     hf_offline: bool = True,
     base_env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Invocation:
     """The command line that runs ``command`` in the active container, argv exact.
 
@@ -180,6 +181,7 @@ def run_invocation(
     if not hf_offline:
         for name in HF_OFFLINE_ENVIRONMENT:
             inside.pop(name, None)
+    inside.update(extra_env or {})
     host_env = _cleaned_host_env(base, container.unset_env)
     if isinstance(rt, NoRuntime):
         return Invocation(inner, {**host_env, **inside})
