@@ -51,13 +51,29 @@ def ensure_venv(python: str, venv: Path, system_site_packages: bool) -> None:
         return
     say(f"creating venv {venv}")
     flags = ["--system-site-packages"] if system_site_packages else []
-    made = subprocess.run([python, "-m", "venv", *flags, str(venv)], capture_output=True, text=True)
-    if made.returncode != 0:
-        # Some distributions' Pythons lack ensurepip; the system pip is then used via system site-packages.
+    has_pip = subprocess.run([python, "-c", "import pip"], capture_output=True).returncode == 0
+    if system_site_packages and has_pip:
+        # The container's own pip serves the venv through its system site-packages
+        # (installs still land in the venv); bootstrapping another copy takes seconds.
         subprocess.run([python, "-m", "venv", *flags, "--without-pip", str(venv)], check=True)
+    else:
+        subprocess.run([python, "-m", "venv", *flags, str(venv)], check=True)
     check = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True)
     if check.returncode != 0:
         raise SystemExit(f"error: the venv {venv} has no pip (its Python {python} lacks ensurepip and pip)")
+
+
+def merge_plain_steps(steps: list[dict]) -> list[dict]:
+    """Join neighbouring steps without exceptions into one pip call (one resolver run, one start-up)."""
+    merged: list[dict] = []
+    for step in steps:
+        plain = not (step.get("pip_args") or step.get("env") or step.get("skip_cuda_archs"))
+        if plain and merged and merged[-1].get("_plain"):
+            merged[-1]["args"] = merged[-1]["args"] + step["args"]
+            merged[-1]["label"] += ", " + step["label"]
+        else:
+            merged.append({**step, "_plain": plain})
+    return merged
 
 
 def run_step(venv: Path, step: dict, plan: dict) -> None:
@@ -81,9 +97,10 @@ def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     venv = Path(plan["venv"])
     ensure_venv(plan["python"], venv, plan["system_site_packages"])
-    for step in plan["steps"]:
+    for step in merge_plain_steps(plan["steps"]):
         run_step(venv, step, plan)
-    freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True, text=True, check=True)
+    # --local: what this venv holds, not the container's packages it sees.
+    freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--local"], capture_output=True, text=True, check=True)
     out = Path(plan["freeze_path"])
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(freeze.stdout)
