@@ -174,6 +174,7 @@ class ContainerSettings(Model):
     unset_env: list[StrictStr]
     archive_dir: StrictStr = Field(description="offline archives: <stem>.tar (docker save) or <stem>.sif")
     network: StrictStr = Field(description="docker/podman --network")
+    ulimits: list[StrictStr] = []
     env: dict[StrictStr, EnvValue] = {}
     pass_env: list[StrictStr] = []
     options: list[StrictStr] = []

@@ -357,7 +357,11 @@ class NamedImages(_Store):
                 pulled = self._pull(env)
                 self.shell.run(self.runtime.tag_argv(pulled, target), env=env)
         except DiskFull:
-            raise _disk_full(tmp, self.layout.ref("active")) from None
+            raise DiskFull(
+                f"no space left on device while {self.runtime.name} stored the image (in its storage, see "
+                f"`{self.runtime.binary} info`, or under {tmp}); the active container {self.layout.ref('active')} "
+                "is untouched; free space there and build again"
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         digest = self.image_id(target) or ""

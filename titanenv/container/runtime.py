@@ -22,8 +22,6 @@ from titanenv.errors import ConfigError
 ImageKind = Literal["file", "named", "none"]
 RUNTIME_NAMES: tuple[str, ...] = ("apptainer", "singularity", "docker", "podman", "none")
 
-# NGC's recommended limits for PyTorch containers (large locked memory and stack).
-DOCKER_ULIMITS: tuple[str, ...] = ("memlock=-1", "stack=67108864")
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 
@@ -56,6 +54,8 @@ class ExecSpec:
     # uid, gid of the caller: Docker runs as them; rootless Podman maps them.
     user: tuple[int, int] | None = None
     options: Sequence[str] = ()
+    # Docker/Podman --ulimit values (NGC recommends memlock=-1, stack=67108864).
+    ulimits: Sequence[str] = ()
 
 
 class ContainerRuntime(Protocol):
@@ -153,7 +153,7 @@ class Docker:
         if spec.tty:
             argv.append("--tty")
         argv += ["--network", spec.network, "--ipc", "host"]
-        for limit in DOCKER_ULIMITS:
+        for limit in spec.ulimits:
             argv += ["--ulimit", limit]
         if spec.gpus:
             argv += self.gpu_options()

@@ -195,6 +195,7 @@ def run_invocation(
         image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted, env=inside,
         workdir=_workdir(config, mounted, cwd or os.getcwd()), interactive=interactive, tty=tty,
         network=container.network, user=(os.getuid(), os.getgid()), options=container.options,
+        ulimits=container.ulimits,
     )
     return Invocation(rt.exec_argv(spec), build_environment(config, host_env))
 
@@ -220,7 +221,7 @@ def job_exec_prefix(config: Config, job_env_names: Sequence[str] = ()) -> list[s
     spec = ExecSpec(
         image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted, pass_env=names,
         workdir=str(config.repo_root), network=container.network, user=(os.getuid(), os.getgid()),
-        options=container.options,
+        options=container.options, ulimits=container.ulimits,
     )
     return rt.exec_argv(spec)
 
