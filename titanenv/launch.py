@@ -10,15 +10,18 @@ from titanenv.config import Config
 def job_launcher(config: Config) -> list[str]:
     """Argument vector that prefixes a command so it runs in the machine's environment.
 
-    With no container (runtime ``none``) the command runs as it is; see
-    :func:`job_python` for the interpreter it uses.
+    In a container: the runtime's exec of the active container, host variables
+    that break it removed and the venv of this CPU architecture activated; the
+    command's words follow unchanged. With no container (runtime ``none``) the
+    command runs as it is; see :func:`job_python` for the interpreter it uses.
     """
-    cluster = config.settings.cluster
-    if cluster.container_runtime == "none":
+    if config.settings.cluster.container_runtime == "none":
         return []
-    from titanenv.container import exec_argv
+    from titanenv.container import job_exec_prefix
+    from titanenv.sbatch import job_environment
 
-    return exec_argv(config)
+    names = [name for name, _ in job_environment(config, training=True)]
+    return job_exec_prefix(config, names)
 
 
 def job_python(config: Config) -> str:

@@ -172,6 +172,28 @@ class ContainerSettings(Model):
     binds: list[StrictStr] = []
     patched_files: list[PatchedFile] = []
     unset_env: list[StrictStr]
+    archive_dir: StrictStr = Field(description="offline archives: <stem>.tar (docker save) or <stem>.sif")
+    network: StrictStr = Field(description="docker/podman --network")
+    ulimits: list[StrictStr] = []
+    env: dict[StrictStr, EnvValue] = {}
+    pass_env: list[StrictStr] = []
+    options: list[StrictStr] = []
+
+    @field_validator("unset_env", "pass_env")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\*?$", name):
+                raise ValueError(f"{name!r} is not a variable name (a trailing * matches a prefix)")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return value
 
 
 class SlurmSettings(Model):
@@ -202,8 +224,60 @@ class TrainSettings(Model):
     config: StrictStr
 
 
+_REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RepoPin(Model):
+    """An external repository cloned under ``paths.repos_dir`` and installed from there."""
+
+    name: StrictStr = Field(description="directory under paths.repos_dir")
+    uri: StrictStr = Field(description="where to clone from; a fork's URI for forks")
+    ref: StrictStr = Field(description="commit, tag or branch to check out")
+    upstream: StrictStr = Field(default="", description="forks: the original; a clone whose origin is this gets origin switched")
+    extras: list[StrictStr] = []
+    install: StrictBool = True
+    editable: StrictBool = True
+    pip_args: list[StrictStr] = []
+    env: dict[StrictStr, EnvValue] = {}
+    skip_cuda_archs: list[StrictStr] = Field(default=[], description="compute capabilities left out of TORCH_CUDA_ARCH_LIST")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _REPO_NAME.match(value):
+            raise ValueError(f"{value!r} is not a directory name (letters, digits, . _ -)")
+        return value
+
+
+class ProjectInstall(Model):
+    """This repository, installed editable into the venv so jobs can run ``python -m titanenv``."""
+
+    install: StrictBool
+    extras: list[StrictStr] = []
+    pip_args: list[StrictStr] = []
+
+
 class EnvSettings(Model):
     """The software stack inside the container: venv, pinned repositories, offline bundle."""
+
+    python: StrictStr = Field(description="interpreter the venv is made from, inside the container")
+    system_site_packages: StrictBool
+    repos: list[RepoPin] = []
+    pip_packages: list[StrictStr] = []
+    build_packages: list[StrictStr] = []
+    project: ProjectInstall
+    pip_args: list[StrictStr] = []
+    download_args: list[StrictStr] = []
+    bundle_dir: StrictStr
+
+    @field_validator("repos")
+    @classmethod
+    def _unique(cls, value: list[RepoPin]) -> list[RepoPin]:
+        names = [repo.name for repo in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two repositories are named {name!r}")
+        return value
 
 
 class RemoteSettings(Model):

@@ -1,27 +1,52 @@
-"""Container runtimes: file names and the command lines that run things inside them."""
+"""Containers: runtimes (Apptainer, Singularity, Docker, Podman, none), images, run command lines.
 
-from __future__ import annotations
+- :mod:`titanenv.container.runtime`: a class per runtime that builds its
+  command lines (nothing runs there);
+- :mod:`titanenv.container.host`: module loads and the missing-binary check
+  around every runtime command on this machine;
+- :mod:`titanenv.container.images`: build, download, activate, roll back;
+- :mod:`titanenv.container.session`: all of that from the resolved configuration.
+"""
 
-from pathlib import Path
+from titanenv.container.host import DiskFull, HostShell, RuntimeNotFound
+from titanenv.container.images import ImageError, ImageLayout
+from titanenv.container.runtime import (
+    RUNTIME_NAMES,
+    Apptainer,
+    ContainerRuntime,
+    Docker,
+    ExecSpec,
+    Mount,
+    NoRuntime,
+    Podman,
+    Singularity,
+    runtime_for,
+    venv_entry,
+)
+from titanenv.container.session import (
+    Invocation,
+    NoVenv,
+    active_image,
+    container_environment,
+    host_shell,
+    images,
+    job_exec_prefix,
+    layout,
+    mounts,
+    run,
+    run_invocation,
+    runtime,
+)
 
-from titanenv.config import Config, container_stem
 
-# Runs "$@" with the venv activated; $0 is the venv's activate script.
-VENV_EXEC = 'source "$0" && exec "$@"'
-
-
-def active_image(config: Config) -> Path:
-    """The container in use (never the one being built)."""
-    stem = container_stem(config.settings.container.name, config.settings.container.image, config.arch)
-    return config.paths.container_dir / f"{stem}.sif"
-
-
-def exec_argv(config: Config) -> list[str]:
+def exec_argv(config):  # noqa: ANN001, ANN201 - kept for callers of the first version
     """Prefix that runs a command in the active container with the venv activated."""
-    cluster = config.settings.cluster
-    container = config.settings.container
-    argv = [cluster.container_binary, "exec"]
-    if container.gpus:
-        argv.append("--nv")
-    argv += [str(active_image(config)), "bash", "-c", VENV_EXEC, str(config.paths.venv_dir / "bin" / "activate")]
-    return argv
+    return job_exec_prefix(config)
+
+
+__all__ = [
+    "RUNTIME_NAMES", "Apptainer", "ContainerRuntime", "DiskFull", "Docker", "ExecSpec", "HostShell",
+    "ImageError", "ImageLayout", "Invocation", "Mount", "NoRuntime", "NoVenv", "Podman", "RuntimeNotFound",
+    "Singularity", "active_image", "container_environment", "exec_argv", "host_shell", "images",
+    "job_exec_prefix", "layout", "mounts", "run", "run_invocation", "runtime", "runtime_for", "venv_entry",
+]

@@ -1,0 +1,112 @@
+"""Create the venv and install into it; runs inside the container, standard library only.
+
+Started as ``python3 -c BOOT <repo> <plan.json>`` by :mod:`titanenv.envsetup.setup`.
+The plan lists pip steps; each runs as ``<venv>/bin/python -m pip install``,
+offline with ``--no-index --find-links <wheels> --no-build-isolation``.
+Afterwards ``pip freeze`` goes next to the venv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from titanenv.envsetup.inside import main; sys.exit(main(sys.argv[2]))"
+)
+
+
+def say(message: str) -> None:
+    print(f"env.setup: {message}", flush=True)
+
+
+def nvcc_release() -> str | None:
+    """``12.9`` from ``nvcc --version``, or None without nvcc."""
+    try:
+        out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
+def cuda_arch_list(release: str | None, machine: list[str], skip: list[str]) -> str:
+    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 >= 9, A100 >= 11, H100 >= 11.8), else the machine's."""
+    if release:
+        major, minor = (int(x) for x in release.split(".")[:2])
+        archs = [cc for cc, needs in (("7.0", (9, 0)), ("8.0", (11, 0)), ("9.0", (11, 8))) if (major, minor) >= needs]
+    else:
+        archs = list(machine)
+    return ";".join(a for a in archs if a not in skip)
+
+
+def ensure_venv(python: str, venv: Path, system_site_packages: bool) -> None:
+    if (venv / "bin" / "python").exists():
+        say(f"venv {venv} exists")
+        return
+    say(f"creating venv {venv}")
+    flags = ["--system-site-packages"] if system_site_packages else []
+    has_pip = subprocess.run([python, "-c", "import pip"], capture_output=True).returncode == 0
+    if system_site_packages and has_pip:
+        # The container's own pip serves the venv through its system site-packages
+        # (installs still land in the venv); bootstrapping another copy takes seconds.
+        subprocess.run([python, "-m", "venv", *flags, "--without-pip", str(venv)], check=True)
+    else:
+        subprocess.run([python, "-m", "venv", *flags, str(venv)], check=True)
+    check = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise SystemExit(f"error: the venv {venv} has no pip (its Python {python} lacks ensurepip and pip)")
+
+
+def merge_plain_steps(steps: list[dict]) -> list[dict]:
+    """Join neighbouring steps without exceptions into one pip call (one resolver run, one start-up)."""
+    merged: list[dict] = []
+    for step in steps:
+        plain = not (step.get("pip_args") or step.get("env") or step.get("skip_cuda_archs"))
+        if plain and merged and merged[-1].get("_plain"):
+            merged[-1]["args"] = merged[-1]["args"] + step["args"]
+            merged[-1]["label"] += ", " + step["label"]
+        else:
+            merged.append({**step, "_plain": plain})
+    return merged
+
+
+def run_step(venv: Path, step: dict, plan: dict) -> None:
+    argv = [str(venv / "bin" / "python"), "-m", "pip", "install"]
+    if plan["offline"]:
+        argv += ["--no-index", "--find-links", plan["wheels_dir"], "--no-build-isolation"]
+    argv += plan.get("pip_args", []) + step.get("pip_args", []) + step["args"]
+    env = dict(os.environ)
+    env.update(step.get("env", {}))
+    if plan.get("cuda_archs") is not None:
+        archs = cuda_arch_list(nvcc_release(), plan["cuda_archs"], step.get("skip_cuda_archs", []))
+        if archs:
+            env["TORCH_CUDA_ARCH_LIST"] = archs
+    say(f"installing {step['label']}")
+    done = subprocess.run(argv, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"error: pip install of {step['label']} failed (exit {done.returncode}); see pip's output above")
+
+
+def main(plan_path: str) -> int:
+    plan = json.loads(Path(plan_path).read_text())
+    venv = Path(plan["venv"])
+    ensure_venv(plan["python"], venv, plan["system_site_packages"])
+    for step in merge_plain_steps(plan["steps"]):
+        run_step(venv, step, plan)
+    # --local: what this venv holds, not the container's packages it sees.
+    freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--local"], capture_output=True, text=True, check=True)
+    out = Path(plan["freeze_path"])
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(freeze.stdout)
+    os.replace(tmp, out)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1]))
