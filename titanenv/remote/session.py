@@ -1,0 +1,111 @@
+"""One host as the laptop talks to it: connection, target, and the commands run there."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from fabric import Config as FabricConfig
+
+from titanenv.config import Config, load_config
+from titanenv.remote import scripts
+from titanenv.remote.errors import RemoteError
+from titanenv.remote.connection import ProjectConnection, fabric_config
+from titanenv.remote.target import RemoteTarget, resolve_target
+
+# Exit status when the remote command died without one (killed by a signal, connection lost).
+SIGNALLED = 130
+
+
+class RemoteSession:
+    """A host, the checkout there, and an SSH connection opened on first use (then reused)."""
+
+    def __init__(
+        self,
+        repo_root: Path,
+        host: str,
+        *,
+        fab_config: FabricConfig | None = None,
+        laptop: Config | None = None,
+        host_key_policy: str | None = None,
+    ):
+        laptop = laptop or load_config(repo_root)
+        self.repo_root = repo_root
+        self.host = host
+        config = fabric_config(laptop.settings.remote.ssh_config, base=fab_config)
+        alias = host.rpartition("@")[2].partition(":")[0]
+        looked_up = config.base_ssh_config.lookup(alias)
+        user = host.partition("@")[0] if "@" in host else looked_up.get("user", getpass.getuser())
+        self.target: RemoteTarget = resolve_target(
+            repo_root, host, hostname=looked_up.get("hostname", alias), login_user=user, laptop=laptop
+        )
+        settings = self.target.settings
+        self.connection = ProjectConnection(
+            host,
+            config=config,
+            host_key_policy=host_key_policy or settings.host_key_policy,
+            timeout=settings.connect_timeout,
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "RemoteSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, script: str, *, pty: bool = False, hide: bool = False) -> Any:
+        """Run a script; output streams here as it comes; returns Fabric's result."""
+        return self.connection.run(script, pty=pty, hide=hide, warn=True, in_stream=None if _stdin_is_tty() else False)
+
+    def exit_status(self, result: Any) -> int:
+        return SIGNALLED if result.exited is None or result.exited < 0 else result.exited
+
+    def run_tasks(self, argv: list[str], commit: str | None) -> int:
+        """``invoke ARGV`` in the checkout (after its checks); the remote exit status."""
+        pty = self.target.settings.pty
+        result = self.run(scripts.task_script(self.target, commit, argv, pty=pty), pty=pty)
+        return self.exit_status(result)
+
+    def run_command(self, command: str) -> int:
+        pty = self.target.settings.pty
+        return self.exit_status(self.run(scripts.command_script(self.target, command, pty=pty), pty=pty))
+
+    def probe(self, *, branch: str = "", commit: str = "") -> scripts.Probe:
+        """The state of the checkout there (one round trip, output hidden)."""
+        result = self.run(scripts.probe_script(self.target, branch, commit), hide=True)
+        if result.exited != 0:
+            last = (result.stderr.strip().splitlines() or [f"exit status {result.exited}"])[-1]
+            raise RemoteError(f"cannot inspect {self.target.checkout} on {self.host}: {last}")
+        return scripts.parse_probe(result.stdout)
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@contextmanager
+def session_for(
+    c: Any, host: str | None, repo_root: Path, *, accept_new_host_key: bool = False
+) -> Iterator[RemoteSession]:
+    """The session of a laptop-side task: the one ``fab -H`` opened, or a new one for ``host``."""
+    session = getattr(c, "titanenv_session", None)
+    if session is not None:
+        if host and host != session.host:
+            raise RemoteError(f"--host {host} contradicts fab -H {session.host}: give the host once")
+        if accept_new_host_key:
+            session.connection.accept_new_host_keys()
+        yield session
+        return
+    if not host:
+        raise RemoteError("which host? give --host HOST, or run the task as `fab -H HOST ...`")
+    with RemoteSession(repo_root, host, host_key_policy="accept-new" if accept_new_host_key else None) as session:
+        yield session
