@@ -1,6 +1,6 @@
 """Prepare and inspect this repository's checkout on a login node (`fab -H HOST ...`).
 
-Under `fab -H HOST` every other task runs in that checkout on HOST; these two
+Under `fab -H HOST` every other task runs in that checkout on HOST; these
 run here and manage it. With plain `invoke`, name the host with --host.
 """
 
@@ -38,8 +38,27 @@ def status(c, host=None):
         print("\n".join(checkout_status(session).lines()))
 
 
+@task(
+    help={
+        "command": "Shell command to run there (one argument: quote it).",
+        "host": HOST_HELP,
+    }
+)
+def run(c, command, host=None):
+    """Run a shell command in the host's checkout, on a terminal; its exit status is this task's."""
+    from invoke import Exit
+
+    from titanenv.remote.session import session_for
+
+    with session_for(c, host, REPO_ROOT) as session:
+        status = session.run_command(command, in_checkout=True)
+    if status != 0:
+        raise Exit(code=status)
+
+
 # Run on the laptop under `fab -H HOST`, not inside the checkout they manage.
 bootstrap.laptop_side = True
 status.laptop_side = True
+run.laptop_side = True
 
-ns = Collection(bootstrap, status)
+ns = Collection(bootstrap, status, run)

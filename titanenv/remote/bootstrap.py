@@ -14,6 +14,7 @@ reinstalled only when ``pyproject.toml`` or the install options change.
 from __future__ import annotations
 
 import hashlib
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ def bootstrap(session: RemoteSession, *, force: bool = False, reinstall: bool = 
     repo = git.laptop_repo(session.repo_root)
     host = session.host
     if repo.dirty:
-        out(f"note: uncommitted changes here stay here; {host} gets commit {repo.commit[:12]}")
+        print(f"note: uncommitted changes here stay here; {host} gets commit {repo.commit[:12]}", file=sys.stderr)
     probe = session.probe(branch=repo.branch, commit=repo.commit)
     create = not probe.exists or (probe.empty and not probe.is_git)
     if probe.exists and not create and not probe.is_git:
@@ -115,16 +116,13 @@ def session_run(session: RemoteSession, script: str, what: str) -> None:
 
 
 def _upload_bundle(session: RemoteSession, repo: git.LaptopRepo, base: str | None) -> str:
-    """Put a bundle of the commits the host lacks into its home directory; its path there."""
+    """Put a bundle of the commits the host lacks beside the checkout there; its path there."""
     with tempfile.TemporaryDirectory(prefix="titanenv-bundle-") as tmp:
         local = Path(tmp) / "titanenv.bundle"
         git.make_bundle(repo.root, local, since=base)
-        sftp = session.connection.sftp()
-        remote = f"{sftp.normalize('.')}/.titanenv-{repo.commit[:12]}.bundle"
-        try:
-            session.connection.put(str(local), remote)
-        except OSError as exc:
-            raise RemoteError(f"cannot copy the commits to {session.host}:{remote}: {exc}") from None
+        probe_path = session.target.checkout
+        remote = f"{probe_path}.{repo.commit[:12]}.bundle"
+        session.upload(local.read_bytes(), remote)
     return remote
 
 

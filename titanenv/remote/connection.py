@@ -19,9 +19,11 @@ would wait up to an hour for the latter); and every failure is a
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +37,10 @@ from paramiko.hostkeys import HostKeyEntry, HostKeys
 from titanenv.remote.errors import ConnectError, HostKeyError
 from titanenv.remote.sshconfig import host_key_policy as policy_from_ssh_config
 from titanenv.remote.sshconfig import known_hosts_files, load_ssh_config
+
+# Paramiko logs transport failures at ERROR; without a handler Python prints
+# them ("Exception (client): ...") beside our own one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 ACCEPT_NEW_HINT = "INVOKE_REMOTE_HOST_KEY_POLICY=accept-new (remote.bootstrap: --accept-new-host-key)"
 
@@ -208,6 +214,7 @@ class ProjectConnection(Connection):
     def open(self) -> Any:
         if self.is_connected:
             return None
+        started = time.monotonic()
         try:
             return super().open()
         except ConnectError:
@@ -242,13 +249,16 @@ class ProjectConnection(Connection):
             reason = next(iter(exc.errors.values()), exc)
             raise ConnectError(f"{self.label}: cannot connect: {getattr(reason, 'strerror', None) or reason}") from None
         except paramiko.SSHException as exc:
-            text = str(exc)
-            if "banner" in text.lower() or "timeout" in text.lower():
+            # A silent server shows as a banner timeout, or (racing it) as the
+            # session missing when authentication starts.
+            if time.monotonic() - started >= 0.9 * self.connect_timeout:
                 raise ConnectError(
                     f"{self.label}: no SSH answer within {self.connect_timeout} s "
                     "(remote.connect_timeout or ConnectTimeout)"
                 ) from None
-            raise ConnectError(f"{self.label}: SSH failed: {text}") from None
+            if "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
+                raise ConnectError(f"{self.label}: the server closed the connection before SSH started") from None
+            raise ConnectError(f"{self.label}: SSH failed: {exc}") from None
         except OSError as exc:
             raise ConnectError(f"{self.label}: cannot connect: {exc.strerror or exc}") from None
 

@@ -29,9 +29,6 @@ from invoke.parser import ParserContext
 
 from titanenv.errors import TitanEnvError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
 def context_argv(context: ParserContext) -> list[str]:
     """The command line that gives a task the arguments parsed into ``context``."""
     argv = [context.name]
@@ -103,13 +100,15 @@ class ProjectExecutor(fabric.Executor):
         from titanenv.remote.git import head_commit
         from titanenv.remote.session import RemoteSession
 
-        laptop = load_config(REPO_ROOT)
+        # The repository is where fab found the fabfile.
+        repo_root = Path(self.collection.loaded_from).resolve()
+        laptop = load_config(repo_root)
         needs_commit = laptop.settings.remote.check_commit and any(s.laptop_call is None for s in steps)
-        commit = head_commit(REPO_ROOT) if needs_commit else None
+        commit = head_commit(repo_root) if needs_commit else None
         for host in hosts:
             if len(hosts) > 1:
                 print(f"[{host}]", file=sys.stderr, flush=True)
-            with RemoteSession(REPO_ROOT, host, fab_config=self.config, laptop=laptop) as session:
+            with RemoteSession(repo_root, host, fab_config=self.config, laptop=laptop) as session:
                 for step in steps:
                     if step.laptop_call is not None:
                         self._run_laptop_side(step.laptop_call, session)

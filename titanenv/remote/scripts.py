@@ -40,8 +40,17 @@ def preamble(target: RemoteTarget, *, pty: bool = False) -> list[str]:
         # Plain \n line ends on the pseudo-terminal, so logs and pipes get no \r.
         lines.append("stty -onlcr 2>/dev/null")
     for line in target.settings.shell_setup:
-        lines.append(f"{{ {line}\n}} || " + _fail("remote.shell_setup line %s failed on %s", shlex.quote(line), shlex.quote(target.host)))
+        lines.append(f"{{ {line}\n}} || " + _fail("remote.shell_setup line `%s` failed on %s", shlex.quote(line), shlex.quote(target.host)))
     return lines
+
+
+def _enter_checkout(target: RemoteTarget) -> str:
+    host = shlex.quote(target.host)
+    hint = shlex.quote(BOOTSTRAP_HINT.format(host=target.host))
+    checkout = sh_path(target.checkout)
+    return f"cd -- {checkout} 2>/dev/null || " + _fail(
+        "no titanenv checkout at %s on %s: create it with `%s`", checkout, host, hint
+    )
 
 
 def task_script(target: RemoteTarget, commit: str | None, argv: Sequence[str], *, pty: bool = False) -> str:
@@ -51,12 +60,8 @@ def task_script(target: RemoteTarget, commit: str | None, argv: Sequence[str], *
     """
     host = shlex.quote(target.host)
     hint = shlex.quote(BOOTSTRAP_HINT.format(host=target.host))
-    checkout = sh_path(target.checkout)
     lines = preamble(target, pty=pty)
-    lines.append(
-        f"cd -- {checkout} 2>/dev/null || "
-        + _fail("no titanenv checkout at %s on %s: create it with `%s`", checkout, host, hint)
-    )
+    lines.append(_enter_checkout(target))
     lines.append(
         "[ -x .venv/bin/invoke ] || "
         + _fail("%s on %s has no Python environment (.venv/bin/invoke): run `%s`", '"$PWD"', host, hint)
@@ -75,9 +80,11 @@ def task_script(target: RemoteTarget, commit: str | None, argv: Sequence[str], *
     return "\n".join(lines) + "\n"
 
 
-def command_script(target: RemoteTarget | None, command: str, *, pty: bool = False) -> str:
-    """A command given after ``--`` (``fab -H HOST -- CMD``), after the shell setup."""
-    lines = preamble(target, pty=pty) if target is not None else (["stty -onlcr 2>/dev/null"] if pty else [])
+def command_script(target: RemoteTarget, command: str, *, pty: bool = False, in_checkout: bool = False) -> str:
+    """A shell command, after the shell setup; in the checkout, or the home directory."""
+    lines = preamble(target, pty=pty)
+    if in_checkout:
+        lines.append(_enter_checkout(target))
     return "\n".join([*lines, command]) + "\n"
 
 
@@ -184,8 +191,8 @@ def update_script(
         lines.append("git stash push -q --include-untracked -m 'titanenv remote.bootstrap --force'")
         lines.append("echo \"stashed local changes as $(git rev-parse -q --short stash@{0}) (git stash list)\"")
     if bundle:
-        lines.append(f"git fetch -q {q(bundle)} HEAD")
-        lines.append(f"rm -f -- {q(bundle)}")
+        lines.append(f"git fetch -q {sh_path(bundle)} HEAD")
+        lines.append(f"rm -f -- {sh_path(bundle)}")
     if backup_branch:
         lines.append(f"git branch -f {q(backup_branch)} {q('refs/heads/' + branch)}")
         lines.append(f"echo {q(f'kept the old tip of {branch} as branch {backup_branch}')}")
@@ -197,6 +204,12 @@ def update_script(
         lines.append(f"git remote remove origin 2>/dev/null || true")
         lines.append(f"git remote add origin {q(origin_url)}")
     return "\n".join(lines) + "\n"
+
+
+def upload_script(target: RemoteTarget, path: str) -> str:
+    """Store standard input at ``path`` (private to the user), creating its directory."""
+    word = sh_path(path)
+    return f"umask 077 && mkdir -p -- \"$(dirname -- {word})\" && cat > {word}\n"
 
 
 def install_script(target: RemoteTarget, *, path: str, stamp: str, make_venv: bool) -> str:

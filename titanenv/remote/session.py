@@ -72,9 +72,30 @@ class RemoteSession:
         result = self.run(scripts.task_script(self.target, commit, argv, pty=pty), pty=pty)
         return self.exit_status(result)
 
-    def run_command(self, command: str) -> int:
+    def run_command(self, command: str, *, in_checkout: bool = False) -> int:
+        """A shell command there (in the checkout, or the home directory); its exit status."""
         pty = self.target.settings.pty
-        return self.exit_status(self.run(scripts.command_script(self.target, command, pty=pty), pty=pty))
+        script = scripts.command_script(self.target, command, pty=pty, in_checkout=in_checkout)
+        return self.exit_status(self.run(script, pty=pty))
+
+    def upload(self, data: bytes, path: str) -> None:
+        """Write ``data`` to ``path`` there (parents created), through the exec channel.
+
+        No SFTP: some sites switch that subsystem off.
+        """
+        script = scripts.upload_script(self.target, path)
+        channel = self.connection.create_session()
+        try:
+            channel.exec_command(script)
+            channel.sendall(data)
+            channel.shutdown_write()
+            stderr = channel.makefile_stderr("rb").read().decode(errors="replace")
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        if status != 0:
+            last = (stderr.strip().splitlines() or [f"exit status {status}"])[-1]
+            raise RemoteError(f"cannot write {path} on {self.host}: {last}")
 
     def probe(self, *, branch: str = "", commit: str = "") -> scripts.Probe:
         """The state of the checkout there (one round trip, output hidden)."""

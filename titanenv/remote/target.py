@@ -10,6 +10,7 @@ means nothing there.
 from __future__ import annotations
 
 import fnmatch
+import socket
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Mapping
@@ -62,6 +63,8 @@ def resolve_target(repo_root: Path, host: str, *, hostname: str, login_user: str
     names = [alias] if hostname == alias else [alias, hostname]
     machine = machine_for_host(laptop.settings.remote.hosts, names, known)
     if machine is None:
+        if hostname == alias and not _resolves(alias):
+            raise RemoteError(f"unknown host {alias!r}: neither a Host alias in your ssh config nor a name DNS resolves")
         raise RemoteError(
             f"no machine profile for host {alias!r}: map it in your user config "
             f"(~/.config/titanenv/config.yaml), e.g. `remote: {{hosts: {{{alias}: jwb}}}}`; profiles: {', '.join(known)}"
@@ -76,6 +79,14 @@ def resolve_target(repo_root: Path, host: str, *, hostname: str, login_user: str
     return RemoteTarget(
         host=host, machine=machine, checkout=remote_checkout(config, login_user), settings=config.settings.remote
     )
+
+
+def _resolves(name: str) -> bool:
+    try:
+        socket.getaddrinfo(name, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return True
 
 
 def remote_placeholders(config: Config, login_user: str) -> dict[str, str]:
