@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 from titanenv.config import load_config
 from titanenv.remote import scripts
-from titanenv.remote.target import RemoteTarget
+from titanenv.remote.target import RemoteOptions, RemoteTarget
 
 NASTY = ["--text", "two words", "it's", '"quoted"', "$(touch pwned)", "; touch pwned2", "back\\slash", "*"]
 
@@ -41,7 +41,7 @@ def checkout(tmp_path: Path) -> Path:
 
 
 def target_at(path: str, **settings: object) -> RemoteTarget:
-    remote = load_config(REPO_ROOT).settings.remote.model_copy(update=settings)
+    remote = RemoteOptions.from_config(load_config(REPO_ROOT)).with_changes(**settings)
     return RemoteTarget(host="login1", machine="local", checkout=path, settings=remote)
 
 

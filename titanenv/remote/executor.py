@@ -96,24 +96,26 @@ class ProjectExecutor(fabric.Executor):
             for step in steps:
                 self._run_laptop_side(step.laptop_call, None)
             return
-        from titanenv.config import load_config
+        from titanenv.remote.cache import TargetResolver
         from titanenv.remote.git import head_commit
         from titanenv.remote.session import RemoteSession
 
         # The repository is where fab found the fabfile.
         repo_root = Path(self.collection.loaded_from).resolve()
-        laptop = load_config(repo_root)
-        needs_commit = laptop.settings.remote.check_commit and any(s.laptop_call is None for s in steps)
-        commit = head_commit(repo_root) if needs_commit else None
+        resolver = TargetResolver(repo_root)
+        commit = None
         for host in hosts:
             if len(hosts) > 1:
                 print(f"[{host}]", file=sys.stderr, flush=True)
-            with RemoteSession(repo_root, host, fab_config=self.config, laptop=laptop) as session:
+            with RemoteSession(repo_root, host, fab_config=self.config, resolver=resolver) as session:
+                if commit is None and session.target.settings.check_commit:
+                    commit = head_commit(repo_root)
                 for step in steps:
                     if step.laptop_call is not None:
                         self._run_laptop_side(step.laptop_call, session)
                         continue
-                    status = session.run_tasks(step.remote_argv, commit)
+                    checked = commit if session.target.settings.check_commit else None
+                    status = session.run_tasks(step.remote_argv, checked)
                     if status != 0:
                         raise Exit(code=status)
                 if remainder:

@@ -10,11 +10,11 @@ from typing import Any, Iterator
 
 from fabric import Config as FabricConfig
 
-from titanenv.config import Config, load_config
 from titanenv.remote import scripts
 from titanenv.remote.errors import RemoteError
 from titanenv.remote.connection import ProjectConnection, fabric_config
-from titanenv.remote.target import RemoteTarget, resolve_target
+from titanenv.remote.cache import TargetResolver
+from titanenv.remote.target import RemoteTarget, host_alias
 
 # Exit status when the remote command died without one (killed by a signal, connection lost).
 SIGNALLED = 130
@@ -29,19 +29,17 @@ class RemoteSession:
         host: str,
         *,
         fab_config: FabricConfig | None = None,
-        laptop: Config | None = None,
+        resolver: TargetResolver | None = None,
         host_key_policy: str | None = None,
     ):
-        laptop = laptop or load_config(repo_root)
+        resolver = resolver or TargetResolver(repo_root)
         self.repo_root = repo_root
         self.host = host
-        config = fabric_config(laptop.settings.remote.ssh_config, base=fab_config)
-        alias = host.rpartition("@")[2].partition(":")[0]
+        config = fabric_config(resolver.ssh_config(), base=fab_config)
+        alias = host_alias(host)
         looked_up = config.base_ssh_config.lookup(alias)
         user = host.partition("@")[0] if "@" in host else looked_up.get("user", getpass.getuser())
-        self.target: RemoteTarget = resolve_target(
-            repo_root, host, hostname=looked_up.get("hostname", alias), login_user=user, laptop=laptop
-        )
+        self.target: RemoteTarget = resolver.target(host, hostname=looked_up.get("hostname", alias), login_user=user)
         settings = self.target.settings
         self.connection = ProjectConnection(
             host,

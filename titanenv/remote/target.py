@@ -11,15 +11,48 @@ from __future__ import annotations
 
 import fnmatch
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from titanenv.config import Config, known_machines, load_config
-from titanenv.config.paths import PATH_NAMES, expand_template
-from titanenv.config.schema import RemoteSettings
 from titanenv.errors import ConfigError
 from titanenv.remote.errors import RemoteError
+
+if TYPE_CHECKING:  # the configuration package loads pydantic; only resolving needs it
+    from titanenv.config import Config
+
+
+@dataclass(frozen=True)
+class RemoteOptions:
+    """The validated ``remote`` settings of one machine, as plain data (cacheable)."""
+
+    hosts: dict[str, str]
+    checkout: str
+    ssh_config: str
+    connect_timeout: int
+    host_key_policy: str
+    check_commit: bool
+    pty: bool
+    shell_setup: tuple[str, ...]
+    python: str
+    venv_options: tuple[str, ...]
+    pip_options: tuple[str, ...]
+    extras: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: "Config") -> "RemoteOptions":
+        return cls.from_dict(config.settings.remote.model_dump())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RemoteOptions":
+        values = {f.name: data[f.name] for f in fields(cls)}
+        for name, value in values.items():
+            if isinstance(value, list):
+                values[name] = tuple(value)
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> "RemoteOptions":
+        return type(self).from_dict({**asdict(self), **changes})
 
 
 @dataclass(frozen=True)
@@ -29,11 +62,7 @@ class RemoteTarget:
     host: str
     machine: str
     checkout: str
-    settings: RemoteSettings
-
-    @property
-    def venv(self) -> str:
-        return f"{self.checkout}/.venv"
+    settings: RemoteOptions
 
 
 def machine_for_host(hosts: Mapping[str, str], names: list[str], known: list[str]) -> str | None:
@@ -55,11 +84,15 @@ def machine_for_host(hosts: Mapping[str, str], names: list[str], known: list[str
     return None
 
 
-def resolve_target(repo_root: Path, host: str, *, hostname: str, login_user: str, laptop: Config | None = None) -> RemoteTarget:
+def resolve_target(
+    repo_root: Path, host: str, *, hostname: str, login_user: str, laptop: "Config | None" = None
+) -> RemoteTarget:
     """The target for ``host`` (as given to -H); ``hostname``/``login_user`` from the ssh config."""
+    from titanenv.config import known_machines, load_config
+
     laptop = laptop or load_config(repo_root)
     known = known_machines(repo_root)
-    alias = host.rpartition("@")[2].partition(":")[0]
+    alias = host_alias(host)
     names = [alias] if hostname == alias else [alias, hostname]
     machine = machine_for_host(laptop.settings.remote.hosts, names, known)
     if machine is None:
@@ -77,8 +110,13 @@ def resolve_target(repo_root: Path, host: str, *, hostname: str, login_user: str
         )
     config = laptop if machine == laptop.machine else load_config(repo_root, flags={"machine": machine})
     return RemoteTarget(
-        host=host, machine=machine, checkout=remote_checkout(config, login_user), settings=config.settings.remote
+        host=host, machine=machine, checkout=remote_checkout(config, login_user), settings=RemoteOptions.from_config(config)
     )
+
+
+def host_alias(host: str) -> str:
+    """``alias`` of ``user@alias:port``."""
+    return host.rpartition("@")[2].partition(":")[0]
 
 
 def _resolves(name: str) -> bool:
@@ -89,8 +127,10 @@ def _resolves(name: str) -> bool:
     return True
 
 
-def remote_placeholders(config: Config, login_user: str) -> dict[str, str]:
+def remote_placeholders(config: "Config", login_user: str) -> dict[str, str]:
     """Placeholder values as the remote host sees them (``~`` unexpanded)."""
+    from titanenv.config.paths import PATH_NAMES, expand_template
+
     settings = config.settings
     cluster = settings.cluster
     values = {
@@ -113,8 +153,10 @@ def remote_placeholders(config: Config, login_user: str) -> dict[str, str]:
     return values
 
 
-def remote_checkout(config: Config, login_user: str) -> str:
+def remote_checkout(config: "Config", login_user: str) -> str:
     """``remote.checkout`` expanded for the host: absolute, or ``~/...``."""
+    from titanenv.config.paths import expand_template
+
     template = config.settings.remote.checkout
     path = expand_template(
         template, remote_placeholders(config, login_user), key="remote.checkout", source=config.origin("remote.checkout")
