@@ -9,8 +9,9 @@ unless the policy accepts it (``strict``, ``ask`` on a terminal,
 ``accept-new``), and appends an accepted key to the user's file as OpenSSH
 does (hashed when ``HashKnownHosts yes``).
 
-Beyond host keys it fixes what bit users of plain Fabric: a ``ProxyJump``
-whose target has the same HostName as the jump host is no longer dropped;
+Beyond host keys it fixes what bit users of plain Fabric: ``ProxyJump a,b``
+goes through a, then b (Fabric reverses the chain); a jump host with the
+target's own HostName is no longer dropped;
 ``IdentitiesOnly yes`` stops the agent from offering its keys; the connect
 timeout bounds the banner, authentication and the jump channel too (Paramiko
 would wait up to an hour for the latter); and every failure is a
@@ -175,13 +176,20 @@ class ProjectConnection(Connection):
             cxn = cxn.gateway
 
     def get_gateway(self) -> Any:
+        """The jump hosts of ``ProxyJump a,b`` as OpenSSH takes them: a first, then b through a.
+
+        Fabric 3.2.3 builds the chain backwards (b first, a through b), and
+        drops the jump when a hop's name equals our HostName; here only a hop
+        naming this very alias is dropped (a wildcard Host block would
+        otherwise make the jump host jump through itself).
+        """
         jump = self.ssh_config.get("proxyjump")
-        if not jump or jump.lower() == "none":
+        if not jump:
             return super().get_gateway()
+        if jump.lower() == "none":
+            return self.ssh_config.get("proxycommand") or self.config.gateway
         previous = None
-        # Fabric compares the hop with our HostName and drops the jump when they
-        # are equal; only a hop naming this very alias would recurse.
-        for hop in reversed(jump.split(",")):
+        for hop in (h.strip() for h in jump.split(",")):
             if derive_shorthand(hop)["host"] == self.original_host:
                 return None
             kwargs: dict[str, Any] = {"config": self.config.clone(), "host_key_policy": self.configured_policy}
