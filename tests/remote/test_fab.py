@@ -302,3 +302,47 @@ def test_session_in_process_through_the_jump(laptop: Laptop) -> None:
         assert (result.stdout, result.stderr, result.exited) == ("out\n", "err\n", 3)
         # The same connection serves every command.
         assert session.run_command("true") == 0 and session.connection.is_connected
+
+
+def test_unknown_host_key_is_asked_about_on_a_terminal(laptop: Laptop) -> None:
+    """Like OpenSSH's StrictHostKeyChecking ask: a terminal gets the fingerprint and a question."""
+    import pty
+
+    known = laptop.server.root / "known_hosts_empty"
+    known.write_text("")
+    argv = [sys.executable, "-m", "fabric", "-H", "titan-unknown-key", "config.machines"]
+    env = {**os.environ, "HOME": str(laptop.home)}
+    pid, terminal = pty.fork()  # fab gets a controlling terminal, as in a shell
+    if pid == 0:
+        try:
+            os.chdir(REPO_ROOT)
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)  # never return into pytest in the child
+    seen = b""
+    try:
+        while b"(yes/no)? " not in seen:
+            chunk = os.read(terminal, 4096)
+            assert chunk, seen
+            seen += chunk
+        assert b"ssh-ed25519 key SHA256:" in seen
+        os.write(terminal, b"yes\n")
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: fab exited and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+        assert b"JUWELS Booster" in seen
+        assert known.read_text().strip()
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(terminal)
+        known.write_text("")

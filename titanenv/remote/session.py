@@ -11,9 +11,9 @@ from typing import Any, Iterator
 from fabric import Config as FabricConfig
 
 from titanenv.remote import scripts
-from titanenv.remote.errors import RemoteError
-from titanenv.remote.connection import ProjectConnection, fabric_config
 from titanenv.remote.cache import TargetResolver
+from titanenv.remote.connection import ProjectConnection, fabric_config
+from titanenv.remote.errors import RemoteError
 from titanenv.remote.target import RemoteTarget, host_alias
 
 # Exit status when the remote command died without one (killed by a signal, connection lost).
@@ -49,7 +49,11 @@ class RemoteSession:
         )
 
     def close(self) -> None:
-        self.connection.close()
+        """Close the connection and those to its jump hosts (Fabric leaves those open)."""
+        cxn: Any = self.connection
+        while isinstance(cxn, ProjectConnection):
+            cxn.close()
+            cxn = cxn.gateway
 
     def __enter__(self) -> "RemoteSession":
         return self
