@@ -40,7 +40,7 @@ def restore(laptop: Laptop, commit: str) -> None:
 def only_error(result: subprocess.CompletedProcess[str], *phrases: str) -> str:
     """The single line printed, which must start with `error:` and contain ``phrases``."""
     # A note that this (development) checkout has uncommitted changes is no error.
-    lines = [line for line in error_lines(result) if not line.startswith("note: uncommitted changes here")]
+    lines = [line for line in error_lines(result) if not line.startswith("note: uncommitted changes here are not")]
     assert result.returncode != 0, result
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: "), lines

@@ -41,7 +41,7 @@ def bootstrap(session: RemoteSession, *, force: bool = False, reinstall: bool = 
     repo = git.laptop_repo(session.repo_root)
     host = session.host
     if repo.dirty:
-        print(f"note: uncommitted changes here stay here; {host} gets commit {repo.commit[:12]}", file=sys.stderr)
+        print(f"note: uncommitted changes here are not sent; {host} gets commit {repo.commit[:12]}", file=sys.stderr)
     probe = session.probe(branch=repo.branch, commit=repo.commit)
     create = not probe.exists or (probe.empty and not probe.is_git)
     if probe.exists and not create and not probe.is_git:

@@ -97,7 +97,7 @@ class ProjectExecutor(fabric.Executor):
                 self._run_laptop_side(step.laptop_call, None)
             return
         from titanenv.remote.cache import TargetResolver
-        from titanenv.remote.git import head_commit
+        from titanenv.remote.git import has_local_changes, head_commit
         from titanenv.remote.session import RemoteSession
 
         # The repository is where fab found the fabfile.
@@ -110,6 +110,11 @@ class ProjectExecutor(fabric.Executor):
             with RemoteSession(repo_root, host, fab_config=self.config, resolver=resolver) as session:
                 if commit is None and session.target.settings.check_commit:
                     commit = head_commit(repo_root)
+                    if has_local_changes(repo_root):
+                        print(
+                            f"note: uncommitted changes here are not on the host; it runs commit {commit[:12]}",
+                            file=sys.stderr,
+                        )
                 for step in steps:
                     if step.laptop_call is not None:
                         self._run_laptop_side(step.laptop_call, session)

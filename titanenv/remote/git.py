@@ -28,6 +28,11 @@ def head_commit(root: Path) -> str:
     return result.stdout.strip()
 
 
+def has_local_changes(root: Path) -> bool:
+    """Whether tracked files differ from HEAD (those changes never reach a host)."""
+    return bool(_git(root, "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip())
+
+
 @dataclass(frozen=True)
 class LaptopRepo:
     root: Path
@@ -41,7 +46,7 @@ def laptop_repo(root: Path) -> LaptopRepo:
     commit = head_commit(root)
     branch = _git(root, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip()
     origin = _git(root, "remote", "get-url", "origin", check=False).stdout.strip()
-    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip())
+    dirty = has_local_changes(root)
     return LaptopRepo(root=root, commit=commit, branch=branch, origin_url=origin, dirty=dirty)
 
 
