@@ -280,8 +280,38 @@ class EnvSettings(Model):
         return value
 
 
+HostKeyPolicy = Literal["", "strict", "ask", "accept-new"]
+
+
 class RemoteSettings(Model):
     """Running tasks on a login node over SSH (fab -H)."""
+
+    hosts: dict[StrictStr, StrictStr] = Field(
+        description="SSH host alias or HostName pattern (fnmatch) -> machine profile; first match wins"
+    )
+    checkout: StrictStr = Field(description="where the remote checkout lives; {placeholders} of that machine, ~ = remote home")
+    ssh_config: StrictStr = Field(description="OpenSSH client config file; empty: ~/.ssh/config and /etc/ssh/ssh_config")
+    connect_timeout: Annotated[StrictInt, Field(ge=1, le=3600)]
+    host_key_policy: HostKeyPolicy = Field(
+        description="unknown host keys: strict, ask, accept-new; empty: StrictHostKeyChecking of the ssh config (default ask)"
+    )
+    check_commit: StrictBool = Field(description="refuse to run tasks on a checkout at another commit than this one")
+    pty: StrictBool = Field(description="run remote commands on a pseudo-terminal, so Ctrl-C stops them")
+    shell_setup: list[StrictStr] = Field(default=[], description="shell lines run before every remote command")
+    python: StrictStr = Field(description="interpreter on the host that creates the checkout's venv")
+    venv_options: list[StrictStr] = []
+    pip_options: list[StrictStr] = []
+    extras: list[StrictStr] = Field(default=[], description="extras of this project installed on the host")
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern, machine in value.items():
+            if not pattern.strip():
+                raise ValueError("a host pattern is empty")
+            if not re.match(r"^[a-z0-9][a-z0-9_-]*$", machine):
+                raise ValueError(f"{machine!r} (for {pattern!r}) is not a machine profile name")
+        return value
 
 
 class Settings(Model):

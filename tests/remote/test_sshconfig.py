@@ -1,0 +1,82 @@
+"""The ssh config as titanenv reads it: Include, known_hosts files, host key policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from paramiko.hostkeys import HostKeys
+
+from titanenv.remote.connection import load_known_hosts
+from titanenv.remote.errors import RemoteError
+from titanenv.remote.sshconfig import host_key_policy, known_hosts_files, load_ssh_config
+
+
+def test_include_is_spliced_in_like_openssh(isolated_home: Path) -> None:
+    ssh = isolated_home / ".ssh"
+    (ssh / "conf.d").mkdir(parents=True)
+    (ssh / "conf.d" / "10-jsc.conf").write_text("Host jwb\n  HostName juwels-booster.fz-juelich.de\n  User smith1\n")
+    (ssh / "conf.d" / "20-jump.conf").write_text("Host jump\n  HostName gate.example.org\n")
+    (ssh / "extra").write_text("  Port 2222\n")
+    (ssh / "config").write_text(
+        "Include conf.d/*.conf\n"
+        "Host box\n"
+        "  Include extra\n"  # inside a block: applies to that block
+        "  HostName box.example.org\n"
+        "Host *\n"
+        "  ProxyJump jump\n"
+    )
+    config = load_ssh_config()
+    jwb = config.lookup("jwb")
+    assert (jwb["hostname"], jwb["user"], jwb["proxyjump"]) == ("juwels-booster.fz-juelich.de", "smith1", "jump")
+    box = config.lookup("box")
+    assert (box["hostname"], box["port"]) == ("box.example.org", "2222")
+    assert "port" not in config.lookup("jwb")
+
+
+def test_include_in_a_block_that_opens_blocks_keeps_the_rest_in_the_outer_block(tmp_path: Path) -> None:
+    (tmp_path / "inner").write_text("Host other\n  User someone\n")
+    main = tmp_path / "config"
+    main.write_text(f"Host box\n  Include {tmp_path / 'inner'}\n  User me\n")
+    config = load_ssh_config(str(main))
+    assert config.lookup("box")["user"] == "me"
+    assert config.lookup("other")["user"] == "someone"
+
+
+def test_missing_named_config_and_include_loops(tmp_path: Path) -> None:
+    with pytest.raises(RemoteError, match="ssh config file .* does not exist"):
+        load_ssh_config(str(tmp_path / "nope"))
+    loop = tmp_path / "loop"
+    loop.write_text(f"Include {loop}\n")
+    with pytest.raises(RemoteError, match="Include nested more than 16 deep"):
+        load_ssh_config(str(loop))
+
+
+def test_known_hosts_files_and_policy_follow_the_ssh_config(isolated_home: Path) -> None:
+    user, system = known_hosts_files({})
+    assert user[0] == isolated_home / ".ssh" / "known_hosts"
+    assert system[0] == Path("/etc/ssh/ssh_known_hosts")
+    user, system = known_hosts_files({"userknownhostsfile": "~/a \"/b c\"", "globalknownhostsfile": "none"})
+    assert (user, system) == ([isolated_home / "a", Path("/b c")], [])
+    assert host_key_policy({}, "") == "ask"
+    assert host_key_policy({"stricthostkeychecking": "yes"}, "") == "strict"
+    assert host_key_policy({"stricthostkeychecking": "accept-new"}, "") == "accept-new"
+    # `no` would let OpenSSH accept a changed key; here it only accepts new ones.
+    assert host_key_policy({"stricthostkeychecking": "no"}, "") == "accept-new"
+    assert host_key_policy({"stricthostkeychecking": "accept-new"}, "strict") == "strict"
+
+
+def test_known_hosts_markers_and_bad_lines_are_skipped(tmp_path: Path) -> None:
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIGjEXhuZH6HUi5d2duQvLKIkPQtWIRLVOTnWFIrkfRYY"
+    known = tmp_path / "known_hosts"
+    known.write_text(
+        "# comment\n"
+        f"@cert-authority *.example.org ssh-ed25519 {key}\n"
+        "garbage\n"
+        f"[login.example.org]:2222 ssh-ed25519 {key}\n"
+        "host ssh-ed25519 not-base64!!\n"
+    )
+    keys = HostKeys()
+    load_known_hosts(keys, known)
+    assert keys.lookup("[login.example.org]:2222")["ssh-ed25519"].get_base64() == key
+    assert keys.lookup("x.example.org") is None
