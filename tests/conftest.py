@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 # Fixture modules of the areas that start real services (tests/fixtures/).
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.fixtures.slurm"]
 
 
 @pytest.fixture(autouse=True)
