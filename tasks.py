@@ -14,7 +14,7 @@ from invoke import Collection
 
 __path__ = [str(Path(__file__).with_name("tasks"))]
 
-from tasks import config, pipeline  # noqa: E402
+from tasks import config, jobs, pipeline  # noqa: E402
 
-ns = Collection(config)
+ns = Collection(config, jobs)
 ns.add_task(pipeline.pipeline)
