@@ -167,7 +167,8 @@ def submit(config: Config, run: Run, script: str, *, dry: bool = False, chain: i
 
 # Slurm's reasons for refusing a job, and the task flag that fixes each.
 _REJECTION_HINTS = (
-    ("node count specification invalid", "ask for fewer nodes (--nodes {nodes}) or another partition kind (--partition)"),
+    ("node count specification invalid", "ask for fewer than {nodes} nodes (--nodes) or another partition kind (--partition)"),
+    ("more processors requested than permitted", "ask for fewer than {nodes} nodes (--nodes) or another partition kind (--partition)"),
     ("time limit", "shorten --time {time} or choose a partition kind with a longer limit (--partition)"),
     ("invalid partition", "the machine profile names partition {partition!r}, which this cluster lacks"),
     ("invalid account", "give an account you belong to (--account)"),

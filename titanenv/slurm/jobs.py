@@ -378,10 +378,19 @@ def last_error_line(path: Path) -> str:
     return chosen[:200]
 
 
-def cancel(job_ids: Sequence[str]) -> list[Job]:
-    """Cancel jobs and return their states just after (CANCELLED, or how they had already ended)."""
+def cancel(job_ids: Sequence[str], *, settle: float = 10.0) -> list[Job]:
+    """Cancel jobs; return their states once they have ended (CANCELLED, or how they had ended before).
+
+    Running jobs pass through COMPLETING while their processes are killed;
+    this waits up to ``settle`` seconds for that, then reports what it sees.
+    """
     cli.scancel(job_ids)
-    return lookup(job_ids).jobs
+    deadline = time.monotonic() + settle
+    while True:
+        jobs = lookup(job_ids).jobs
+        if all(job.ended or job.source == "none" for job in jobs) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.2)
 
 
 def parse_job_ids(text: str) -> list[str]:
