@@ -11,7 +11,6 @@ the test suite, 23.x and later at the sites); the JSON readers accept both.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -207,24 +206,6 @@ def scontrol_job(job_id: str) -> dict[str, str] | None:
     return parse_scontrol(lines[0]) if lines else None
 
 
-def scontrol_config() -> dict[str, str]:
-    """``scontrol show config`` as a dict (``AccountingStorageType``, ``MinJobAge``, ...)."""
-    result = run(["scontrol", "show", "config"])
-    config = {}
-    for line in result.stdout.splitlines():
-        name, sep, value = line.partition("=")
-        if sep:
-            config[name.strip()] = value.strip()
-    return config
-
-
-def hostnames(nodelist: str) -> list[str]:
-    """Expand a node list (``node[1-2]``) with ``scontrol show hostnames``."""
-    if not nodelist or nodelist in ("(null)", "None assigned"):
-        return []
-    return run(["scontrol", "show", "hostnames", nodelist]).stdout.split()
-
-
 # --- sacct ----------------------------------------------------------------------------
 
 SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "ExitCode", "Start", "End", "WorkDir")
@@ -244,8 +225,6 @@ def sacct(job_ids: Sequence[str] = (), *, user: str | None = None, since: str | 
     argv = ["sacct", "--parsable2", "--noheader", "--allocations", "--format=" + ",".join(SACCT_FIELDS)]
     if completion:
         argv.insert(1, "--completion")
-        # jobcomp has no WorkDir column; keep the field list the same length.
-        argv[-1] = "--format=" + ",".join(f if f != "WorkDir" else "JobName" for f in SACCT_FIELDS)
     if job_ids:
         argv.append("--jobs=" + ",".join(job_ids))
     if user:
@@ -263,16 +242,5 @@ def sacct(job_ids: Sequence[str] = (), *, user: str | None = None, since: str | 
         values = line.split("|")
         if len(values) != len(SACCT_FIELDS):
             continue
-        row = dict(zip(SACCT_FIELDS, values))
-        if completion:
-            row["WorkDir"] = ""
-        rows.append(row)
-    if completion and job_ids:
-        # The completion log ignores --jobs in some releases.
-        rows = [row for row in rows if row["JobID"] in job_ids]
+        rows.append(dict(zip(SACCT_FIELDS, values)))
     return rows
-
-
-def environment_has_slurm() -> bool:
-    """True where the Slurm client tools are on PATH."""
-    return shutil.which("squeue") is not None or bool(os.environ.get("SLURM_CONF"))

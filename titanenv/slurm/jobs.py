@@ -13,6 +13,8 @@ Where a job's state comes from, in order:
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import sys
 import time
@@ -199,17 +201,18 @@ def _from_accounting(job_ids: Sequence[str], notes: list[str], *, user: str | No
 
 def recent(*, since: str = "now-1days") -> Lookup:
     """The user's jobs: everything slurmctld knows, plus ended ones from accounting since ``since``."""
-    import pwd
-    import os
-
-    user = pwd.getpwuid(os.getuid()).pw_name
     queued = [from_squeue(entry) for entry in cli.squeue_json(me=True)]
     result = Lookup()
-    ended = _from_accounting([], result.notes, user=user, since=since)
+    ended = _from_accounting([], result.notes, user=_login(), since=since)
     known = {job.job_id for job in queued}
     jobs = queued + [job for jid, job in ended.items() if jid not in known]
     result.jobs = sorted(jobs, key=lambda j: _id_key(j.job_id))
     return result
+
+
+def _login() -> str:
+    """The user Slurm knows this process as."""
+    return pwd.getpwuid(os.getuid()).pw_name
 
 
 def _id_key(job_id: str) -> tuple[int, str]:
@@ -253,10 +256,7 @@ def log_paths(job_id: str, *, record_script: Path | None = None) -> LogPaths:
     if record_script is not None and record_script.is_file():
         asked = directives(record_script.read_text(encoding="utf-8"))
         name = asked.get("job-name", "")
-        import pwd
-        import os
-
-        user = pwd.getpwuid(os.getuid()).pw_name
+        user = _login()
         workdir = record_script.parent
 
         def resolve(pattern: str | None) -> Path | None:
