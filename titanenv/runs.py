@@ -63,7 +63,7 @@ def new_run(config: Config, name: str) -> Run:
 
 # Git states already found in this process, reused while nothing git would
 # look at has changed (see GitProbe).
-_GIT_MEMO: dict[str, tuple[list[Path], list[tuple[int, int, int] | None], dict[str, Any]]] = {}
+_GIT_MEMO: dict[str, tuple[list[str], list[tuple[int, int, int] | None], dict[str, Any]]] = {}
 # Files changed this close to a probe may change again within the file
 # system's time resolution unnoticed ("racy git"); such a state is not reused.
 _RACY_NS = 2_000_000_000
@@ -131,7 +131,7 @@ class GitProbe:
     def _remember(self, state: dict[str, Any], listing: bytes) -> None:
         repo = self._repo
         files = [repo / os.fsdecode(name) for name in listing.split(b"\0") if name]
-        watched = sorted({repo, *files, *(f.parent for f in files), *_git_files(repo)})
+        watched = sorted({str(p) for p in (repo, *files, *(f.parent for f in files), *_git_files(repo))})
         fingerprint = _fingerprint(watched)
         newest = max((entry[0] for entry in fingerprint if entry), default=0)
         if newest < self._started_ns - _RACY_NS:
@@ -157,11 +157,12 @@ def _git_files(repo: Path) -> list[Path]:
     return paths
 
 
-def _fingerprint(paths: list[Path]) -> list[tuple[int, int, int] | None]:
+def _fingerprint(paths: list[str]) -> list[tuple[int, int, int] | None]:
     entries: list[tuple[int, int, int] | None] = []
+    stat = os.stat
     for path in paths:
         try:
-            st = os.stat(path)
+            st = stat(path)
         except OSError:
             entries.append(None)
         else:

@@ -16,6 +16,7 @@ from titanenv import sbatch
 from titanenv.config import load_config
 from titanenv.runs import find_job, list_runs, new_run
 from titanenv.slurm import SubmitError, submit
+from titanenv.slurm import cli
 from titanenv.slurm import jobs as slurm_jobs
 
 
@@ -182,3 +183,28 @@ def test_runs_are_listed_newest_first(slurm_env: LocalSlurm) -> None:
     assert header.split() == ["RUN", "SUBMITTED", "MACHINE", "GIT", "JOBS", "STATE"]
     assert {row.split()[0].split("/")[0] for row in rows[:2]} == set(names)
     assert all(row.split()[2] == "local" for row in rows[:2])
+
+
+def test_a_forgotten_job_is_answered_from_the_completion_log_and_its_record(
+    slurm_env: LocalSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = local_config()
+    run = new_run(config, "preprocess")
+    script = sbatch.preprocess_script(config, run_dir=run.path, command=["bash", "-c", "echo kept; exit 4"])
+    submission = submit(config, run, script, echo=lambda _: None)
+    with pytest.raises(slurm_jobs.JobFailed):
+        slurm_jobs.wait(submission.job_ids, interval=0.2, echo=lambda _: None)
+
+    # slurmctld forgets ended jobs after MinJobAge; have that time pass.
+    monkeypatch.setattr(cli, "squeue_json", lambda **_: [])
+    monkeypatch.setattr(cli, "scontrol_job", lambda _: None)
+
+    found = slurm_jobs.lookup(submission.job_ids)
+    (job,) = found.jobs
+    # No slurmdbd here: the real job-completion log answers, and a note says so.
+    assert (job.state, job.exit_code, job.source, job.name) == ("FAILED", 4, "jobcomp", "preprocess")
+    assert found.notes == [slurm_jobs.NO_ACCOUNTING_NOTE]
+    paths = slurm_jobs.log_paths(submission.job_id, record_script=find_job(config, submission.job_id).script_path)
+    assert paths.source == "run record"
+    assert paths.stdout == run.path / f"preprocess-{submission.job_id}.out"
+    assert paths.stdout.read_text() == "kept\n"
