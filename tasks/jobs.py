@@ -99,7 +99,7 @@ def cancel(c, job="", run="", machine=None):
         "job": JOB_HELP,
         "run": RUN_HELP + " All its jobs (a whole chain).",
         "timeout": "Give up (exit 1) after this many seconds; 0: wait as long as it takes.",
-        "interval": "Seconds between the first checks; it backs off to 10 s.",
+        "interval": "Seconds between the first checks (e.g. 0.5); it backs off to 10 s.",
         "machine": MACHINE_HELP,
     }
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from titanenv.slurm import SubmitError, normalize_dependency
-from titanenv.slurm.cli import exit_status, parse_scontrol, slurm_message, state_name
+from titanenv.slurm.cli import SlurmCommandError, _hint, exit_status, parse_scontrol, slurm_message, state_name
 from titanenv.slurm.jobs import Job, elapsed_text, from_sacct, from_squeue
 from titanenv.slurm.script import directives, expand_pattern
 
@@ -101,3 +101,18 @@ def test_reason_column() -> None:
     assert Job("1", state="COMPLETED", reason="None").why == ""
     assert Job("1", state="CANCELLED", reason="DependencyNeverSatisfied").why == "DependencyNeverSatisfied"
     assert Job("1", state="TIMEOUT", reason="TimeLimit", exit_code=0).why == "TimeLimit"
+
+
+def test_a_host_without_slurm_configuration_is_named_as_such() -> None:
+    # What Debian's squeue prints on a host with the packages but no slurm.conf.
+    stderr = (
+        "squeue: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host\n"
+        "squeue: error: fetch_config: DNS SRV lookup failed\n"
+        "squeue: error: _establish_config_source: failed to fetch config\n"
+        "squeue: fatal: Could not establish a configuration source\n"
+    )
+    error = SlurmCommandError(["squeue", "--json"], 1, stderr, hint=_hint(stderr))
+    assert str(error) == (
+        "squeue failed: Could not establish a configuration source (this host has Slurm's commands but no "
+        "cluster configuration: run on a login node, or set SLURM_CONF)"
+    )

@@ -44,6 +44,9 @@ class SlurmCommandError(CommandError, SlurmError):
         self.returncode = returncode
         self.stderr = stderr
         self.slurm_message = slurm_message(stderr) or f"exit status {returncode}"
+        if hint and len(self.slurm_message) > 120:
+            # A chain of low-level complaints; its last line says what failed.
+            self.slurm_message = self.slurm_message.rsplit("; ", 1)[-1]
         message = f"{Path(argv[0]).name} failed: {self.slurm_message}"
         if hint:
             message += f" ({hint})"
@@ -79,8 +82,25 @@ def run(argv: Sequence[str], *, check: bool = True, cwd: Path | None = None) -> 
     except FileNotFoundError:
         raise SlurmNotFound(argv[0]) from None
     if check and result.returncode != 0:
-        raise SlurmCommandError(argv, result.returncode, result.stderr)
+        raise SlurmCommandError(argv, result.returncode, result.stderr, hint=_hint(result.stderr))
     return result
+
+
+# Failures that are about this host, not the request, and what to do about each.
+_HOST_PROBLEMS = (
+    ("could not establish a configuration source",
+     "this host has Slurm's commands but no cluster configuration: run on a login node, or set SLURM_CONF"),
+    ("unable to contact slurm controller", "slurmctld does not answer: check the cluster's status page, retry later"),
+    ("munge encode failed", "authentication with munge failed: is munged running on this host?"),
+)
+
+
+def _hint(stderr: str) -> str:
+    lowered = stderr.lower()
+    for needle, hint in _HOST_PROBLEMS:
+        if needle in lowered:
+            return hint
+    return ""
 
 
 def require(command: str) -> str:
@@ -167,7 +187,7 @@ def squeue_json(*, job_ids: Sequence[str] = (), me: bool = False) -> list[dict[s
             if len(job_ids) == 1:
                 return []
             return [job for jid in job_ids for job in squeue_json(job_ids=[jid])]
-        raise SlurmCommandError(argv, result.returncode, result.stderr)
+        raise SlurmCommandError(argv, result.returncode, result.stderr, hint=_hint(result.stderr))
     import json
 
     try:
@@ -200,7 +220,8 @@ def scontrol_job(job_id: str) -> dict[str, str] | None:
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return None
-        raise SlurmCommandError(["scontrol", "show", "job", job_id], result.returncode, result.stderr)
+        raise SlurmCommandError(["scontrol", "show", "job", job_id], result.returncode, result.stderr,
+                                hint=_hint(result.stderr))
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     # A job array prints one line per task; the first is the job itself.
     return parse_scontrol(lines[0]) if lines else None
@@ -236,7 +257,7 @@ def sacct(job_ids: Sequence[str] = (), *, user: str | None = None, since: str | 
         text = result.stderr.lower()
         if "accounting storage is disabled" in text or "slurmdbd" in text or "jobcomp" in text:
             raise AccountingUnavailable(slurm_message(result.stderr))
-        raise SlurmCommandError(argv, result.returncode, result.stderr)
+        raise SlurmCommandError(argv, result.returncode, result.stderr, hint=_hint(result.stderr))
     rows = []
     for line in result.stdout.splitlines():
         values = line.split("|")

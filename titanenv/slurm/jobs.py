@@ -13,6 +13,7 @@ Where a job's state comes from, in order:
 
 from __future__ import annotations
 
+import codecs
 import os
 import pwd
 import re
@@ -274,23 +275,28 @@ def log_paths(job_id: str, *, record_script: Path | None = None) -> LogPaths:
     )
 
 
-def follow(path: Path, *, job_id: str, out: TextIO = sys.stdout, interval: float = 1.0,
+def follow(path: Path | None, *, job_id: str, out: TextIO = sys.stdout, interval: float = 1.0,
            state: Callable[[str], Job] | None = None) -> Job:
     """Print ``path`` as it grows until the job ends (like ``tail -f`` that stops); return the final job."""
+    if path is None:
+        raise SlurmError(f"job {job_id} has no such log file")
     state = state or (lambda jid: lookup([jid]).jobs[0])
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     position = 0
     while True:
         job = state(job_id)
-        position = _copy_new(path, position, out)
+        position = _copy_new(path, position, out, decoder)
         if job.ended or job.source == "none":
             # The last lines may land just after the state changed.
             time.sleep(min(interval, 0.2))
-            _copy_new(path, position, out)
+            _copy_new(path, position, out, decoder)
+            out.write(decoder.decode(b"", final=True))
             return job
         time.sleep(interval)
 
 
-def _copy_new(path: Path, position: int, out: TextIO) -> int:
+def _copy_new(path: Path, position: int, out: TextIO, decoder: codecs.IncrementalDecoder) -> int:
+    """Write what was appended to ``path`` since ``position``; a character split between reads waits."""
     try:
         with path.open("rb") as f:
             f.seek(position)
@@ -298,7 +304,7 @@ def _copy_new(path: Path, position: int, out: TextIO) -> int:
     except FileNotFoundError:
         return position
     if data:
-        out.write(data.decode("utf-8", errors="replace"))
+        out.write(decoder.decode(data))
         out.flush()
     return position + len(data)
 
