@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
-from tests.fixtures.slurm import MARKER, LocalSlurm, _alive, _marked_pids
+import pytest
+
+from tests.fixtures import slurm as slurm_fixture
+from tests.fixtures.slurm import MARKER, LocalSlurm, _alive, _free_ports as free_ports, _marked_pids
 from tests.helpers import REPO_ROOT
 from titanenv.config import load_config
 
@@ -32,9 +36,29 @@ def test_fake_gpus_are_handed_out(slurm_env: LocalSlurm, tmp_path: Path) -> None
         assert out.read_text().strip() == "0,1"
 
 
-def test_a_second_cluster_starts_beside_and_after_the_first(slurm_cluster: LocalSlurm, tmp_path: Path) -> None:
-    """Repeatable: another cluster runs beside the session's, stops cleanly, and starts again."""
+def test_a_second_cluster_starts_beside_and_after_the_first(
+    slurm_cluster: LocalSlurm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Repeatable: another cluster runs beside the session's, stops cleanly, and starts again.
+
+    The second time, the first port it picks is taken before the daemons bind
+    it (as by another program starting meanwhile): it starts with others.
+    """
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    picks: list[list[int]] = []
+
+    def pick_a_taken_port_first(count: int) -> list[int]:
+        ports = free_ports(count)
+        if not picks:
+            ports[0] = busy.getsockname()[1]
+        picks.append(ports)
+        return ports
+
     for round_ in range(2):
+        if round_ == 1:
+            monkeypatch.setattr(slurm_fixture, "_free_ports", pick_a_taken_port_first)
         with LocalSlurm.start() as other:
             assert other.state_dir != slurm_cluster.state_dir
             assert set(other.ports.values()).isdisjoint(slurm_cluster.ports.values())
@@ -51,5 +75,7 @@ def test_a_second_cluster_starts_beside_and_after_the_first(slurm_cluster: Local
         assert not [pid for pid in daemons if _alive(pid)]
         assert not [pid for pid in _marked_pids(str(state_dir)) if _alive(pid)], MARKER
         assert not state_dir.exists()
+    assert len(picks) == 2 and busy.getsockname()[1] not in other.ports.values()
+    busy.close()
     # The session's cluster is untouched: both its nodes still up and idle.
     assert slurm_cluster._nodes_idle()
