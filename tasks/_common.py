@@ -77,3 +77,36 @@ def load(c: invoke.Context, flags: Mapping[str, Any] | None = None) -> "Config":
     from titanenv.config import load_config
 
     return load_config(REPO_ROOT, flags=flags)
+
+
+# --- Slurm options shared by every submitting task -------------------------------
+
+SLURM_HELP: dict[str, str] = {
+    "nodes": "Nodes to ask for (slurm.nodes).",
+    "time": "Time limit, e.g. 00:20:00 or 1-12:00:00 (slurm.time).",
+    "partition": "Partition kind: debug, normal or large; the machine profile names the partition (slurm.partition).",
+    "account": "Slurm account to charge (slurm.account; default: the machine's).",
+    "job_name": "Slurm job name (slurm.job_name; default: named after the task).",
+    "dependency": "Start after this job succeeded: a job id, or an sbatch expression such as afterany:123.",
+    "dry": "Print the rendered sbatch script and the sbatch command; write and submit nothing.",
+}
+CHAIN_HELP = "Submit N jobs, each starting after the previous one succeeded (a long training resumes link by link)."
+
+
+def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, account: Any = None,
+                job_name: Any = None) -> dict[str, Any]:
+    """The ``slurm.*`` config keys of the shared Slurm task flags (None: not given).
+
+    Invoke passes flags without a typed default as strings; a number of nodes
+    becomes an int here, anything else is left for the config schema to reject
+    with a one-line error naming the flag.
+    """
+    if isinstance(nodes, str) and nodes.strip().isdigit():
+        nodes = int(nodes)
+    return {
+        "slurm.nodes": nodes,
+        "slurm.time": time,
+        "slurm.partition": partition,
+        "slurm.account": account,
+        "slurm.job_name": job_name,
+    }

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 
 # Fixture modules of the areas that start real services (tests/fixtures/).
-pytest_plugins: list[str] = ["tests.fixtures.podman", "tests.fixtures.sshd"]
+pytest_plugins: list[str] = ["tests.fixtures.podman", "tests.fixtures.slurm", "tests.fixtures.sshd"]
 
 
 @pytest.fixture(autouse=True)

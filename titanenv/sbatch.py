@@ -12,6 +12,7 @@ in between (``jwb`` -> ``jsc`` -> common).
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -187,12 +188,16 @@ def _template_dirs(config: Config) -> list[Path]:
     return [d for d in dirs if d.is_dir()] + [root]
 
 
-def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
-    """Render ``template`` for the configured machine; StrictUndefined, quoting enforced."""
+@functools.lru_cache(maxsize=16)
+def _environment(search_path: tuple[str, ...]) -> Any:
+    """One Jinja2 environment per template search path, so each template is compiled once.
+
+    Its loader still notices edited template files (``auto_reload``).
+    """
     import jinja2
 
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in _template_dirs(config)]),
+        loader=jinja2.FileSystemLoader(list(search_path)),
         undefined=jinja2.StrictUndefined,
         finalize=_finalize,
         trim_blocks=True,
@@ -201,6 +206,14 @@ def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
         autoescape=False,
     )
     environment.filters.update(q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, comment=comment)
+    return environment
+
+
+def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
+    """Render ``template`` for the configured machine; StrictUndefined, quoting enforced."""
+    import jinja2
+
+    environment = _environment(tuple(str(d) for d in _template_dirs(config)))
     cluster = config.settings.cluster
     common = {
         "machine": config.machine,

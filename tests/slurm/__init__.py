@@ -1,0 +1,1 @@
+"""The Slurm layer on the test suite's real local Slurm cluster."""

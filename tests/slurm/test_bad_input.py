@@ -1,0 +1,133 @@
+"""Bad input: one line that says what to fix, with Slurm's own words; nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.slurm import LocalSlurm
+from tests.helpers import REPO_ROOT, run_invoke
+from tests.slurm.conftest import one_line_error
+from titanenv import sbatch
+from titanenv.config import load_config
+from titanenv.runs import new_run
+from titanenv.slurm import SubmitError, submit
+import titanenv.slurm
+
+
+def runs_left(home: Path) -> list[Path]:
+    """Every file under any runs directory of this home."""
+    return [p for p in home.glob("trustllm/scratch/**/runs/**/*") if p.is_file()]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--partition", "huge"], "flag --partition: slurm.partition: expected 'debug', 'normal' or 'large' (got 'huge')"),
+        (["--time", "25h"], "flag --time: slurm.time: '25h' is not a Slurm time limit; use MM, HH:MM:SS or D-HH:MM:SS"),
+        (["--nodes", "two"], "flag --nodes: slurm.nodes: "),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(probe_project: Path, flags: list[str], expected: str) -> None:
+    line = one_line_error(run_invoke("probe.submit", *flags, cwd=probe_project))
+    assert line.startswith("error: " + expected)
+    assert runs_left(Path.home()) == []
+
+
+def test_sbatch_missing_from_path(probe_project: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    line = one_line_error(run_invoke("probe.submit", cwd=probe_project, env={"PATH": str(empty)}))
+    assert line == "error: sbatch not found on PATH: run this on a login node of a Slurm cluster (or load its Slurm module)"
+    assert not list(Path.home().glob("trustllm/scratch/**/runs"))
+
+
+def test_rejected_submission_leaves_nothing(probe_project: Path, slurm_env: LocalSlurm) -> None:
+    line = one_line_error(run_invoke("probe.submit", "--nodes", "3", cwd=probe_project))
+    # Slurm's reason (its words depend on what it checks first), then what to change.
+    assert line.startswith("error: sbatch rejected the job: Batch job submission failed: ")
+    assert line.endswith("(ask for fewer than 3 nodes (--nodes) or another partition kind (--partition); "
+                         "partition kind debug = devel)")
+    assert runs_left(Path.home()) == []
+    assert not list(Path.home().glob("trustllm/scratch/**/runs/probe/*"))
+    assert slurm_env.job_ids() == []
+
+
+def test_time_over_the_partition_limit_is_rejected(slurm_env: LocalSlurm) -> None:
+    # devel (the debug kind) allows 2 hours on the test cluster.
+    config = load_config(REPO_ROOT, flags={"machine": "local", "slurm.time": "3:00:00"})
+    run = new_run(config, "train")
+    script = sbatch.preprocess_script(config, run_dir=run.path, command=["true"])
+    with pytest.raises(SubmitError) as rejected:
+        submit(config, run, script, echo=lambda _: None)
+    assert str(rejected.value).startswith(
+        "sbatch rejected the job: Batch job submission failed: Requested time limit is invalid "
+        "(missing or exceeds some limit) (shorten --time 3:00:00"
+    )
+    assert not run.path.exists() and not run.path.parent.exists()
+
+
+def test_a_link_refused_mid_chain_cancels_the_links_before_it(
+    slurm_env: LocalSlurm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm accepts the first link and refuses the second: no job is left, no record claims one."""
+    real = shutil.which("sbatch")
+    wrapper_dir = tmp_path / "bin"
+    wrapper_dir.mkdir()
+    wrapper = wrapper_dir / "sbatch"
+    calls = tmp_path / "calls"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"echo x >> {calls}\n"
+        f'if [ "$(wc -l < {calls})" -ge 2 ]; then\n'
+        '  echo "sbatch: error: Batch job submission failed: Job violates accounting/QOS policy" >&2; exit 1\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}")
+    config = load_config(REPO_ROOT, flags={"machine": "local"})
+    run = new_run(config, "train")
+    script = sbatch.preprocess_script(config, run_dir=run.path, command=["sleep", "300"])
+
+    with pytest.raises(SubmitError) as refused:
+        submit(config, run, script, chain=3, echo=lambda _: None)
+
+    message = str(refused.value)
+    assert message.startswith("sbatch rejected the job: Batch job submission failed: Job violates accounting/QOS policy")
+    first = message.rsplit("cancelled job(s) ", 1)[1]
+    assert first.isdigit()
+    assert slurm_env.job(first).state == "CANCELLED"
+    assert not config.paths.runs_dir.exists()
+
+
+def test_a_record_that_cannot_be_written_cancels_the_jobs(
+    slurm_env: LocalSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(titanenv.slurm, "write_record", disk_full)
+    config = load_config(REPO_ROOT, flags={"machine": "local"})
+    run = new_run(config, "train")
+    script = sbatch.preprocess_script(config, run_dir=run.path, command=["sleep", "300"])
+
+    with pytest.raises(SubmitError, match=r"^could not write the run's files: \[Errno 28\] No space left on device; "
+                                          r"cancelled job\(s\) \d+, \d+$"):
+        submit(config, run, script, chain=2, echo=lambda _: None)
+
+    assert slurm_env.job_ids() == []
+    assert not config.paths.runs_dir.exists()
+
+
+def test_job_tasks_refuse_bad_ids_in_one_line(slurm_env: LocalSlurm) -> None:
+    line = one_line_error(run_invoke("jobs.status", "--job", "12x"))
+    assert line == "error: job id '12x': expected a number such as 123 (or 123_4 for an array task)"
+    line = one_line_error(run_invoke("jobs.wait", "--job", "999999"))
+    assert line.startswith("error: job 999999 is unknown to Slurm here")
+    line = one_line_error(run_invoke("jobs.logs", "--run", "nothing-here"))
+    assert line.startswith("error: no run 'nothing-here' under ")

@@ -1,0 +1,371 @@
+"""Run records: a small manifest beside every submitted (or locally run) job.
+
+A run is a directory ``<runs_dir>/<name>/<YYYYmmdd-HHMMSS>-<6 hex>`` (UTC
+time stamp, so names sort in submission order). It holds the rendered
+``job.sbatch``, the job's logs, and ``run.json``:
+
+- ``config``: the resolved configuration (``titanenv.config.report.as_data``);
+- ``machine`` and ``profiles`` (the profile chain, base first), ``files_read``;
+- ``script``: the rendered script's file name and sha256;
+- ``git``: this repository's commit and whether the tree was dirty;
+- ``job_ids``: every Slurm job submitted for the run (a chain has several);
+- ``submitted``: UTC time in ISO 8601 (milliseconds), plus ``user`` and ``host``;
+- ``extra``: whatever the submitting task adds (its command, data paths, ...).
+
+``run.json`` is written to a temporary name and renamed, so a reader never
+sees half a record, and it is written only after Slurm accepted every job:
+a record never claims a job id that was not submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from titanenv.config import Config
+from titanenv.errors import TitanEnvError
+
+RECORD_NAME = "run.json"
+RECORD_FORMAT = 1
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STAMP_FORMAT = "%Y%m%d-%H%M%S"
+
+
+class RunError(TitanEnvError):
+    """A run name or record is wrong or missing."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where one run's script, logs and record go; see :func:`new_run`."""
+
+    name: str
+    path: Path
+
+
+def new_run(config: Config, name: str) -> Run:
+    """A fresh run directory under ``runs_dir/name``; computes the path, creates nothing."""
+    if not _RUN_NAME.match(name):
+        raise RunError(f"run name {name!r}: use letters, digits, '.', '_' and '-' (e.g. train)")
+    stamp = datetime.now(timezone.utc).strftime(_STAMP_FORMAT)
+    return Run(name=name, path=config.paths.runs_dir / name / f"{stamp}-{secrets.token_hex(3)}")
+
+
+# Git states already found in this process, reused while nothing git would
+# look at has changed (see GitProbe).
+_GIT_MEMO: dict[str, tuple[list[str], list[tuple[int, int, int] | None], dict[str, Any]]] = {}
+# Files changed this close to a probe may change again within the file
+# system's time resolution unnoticed ("racy git"); such a state is not reused.
+_RACY_NS = 2_000_000_000
+
+
+class GitProbe:
+    """The commit, branch and dirty flag of a repository, started now and read later.
+
+    Submission starts it before calling sbatch so the two overlap. It never
+    raises: a missing git or a directory that is not a repository gives
+    ``{"commit": None, "dirty": None, "error": ...}``. Untracked files count as
+    dirty: an uncommitted training config changes what a run did as much as
+    an edited one.
+
+    Like git's own index, a process remembers the answer together with the
+    stat data (mtime, size, inode) of every tracked and untracked file, their
+    directories and the repository's HEAD, index and refs; a later probe that
+    finds all of these unchanged reuses it instead of running git again, so
+    submitting many jobs from one process costs one ``git status``.
+    """
+
+    def __init__(self, repo: Path):
+        self._repo = Path(repo)
+        self._started_ns = time.time_ns()
+        self._memo: dict[str, Any] | None = None
+        self._error: str | None = None
+        self._status: subprocess.Popen[str] | None = None
+        self._files: subprocess.Popen[bytes] | None = None
+        memo = _GIT_MEMO.get(str(self._repo))
+        if memo is not None and _fingerprint(memo[0]) == memo[1]:
+            self._memo = memo[2]
+            return
+        git = ["git", "--no-optional-locks", "-C", str(self._repo)]
+        try:
+            self._status = subprocess.Popen(
+                [*git, "status", "--porcelain=v2", "--branch"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+            )
+            self._files = subprocess.Popen(
+                [*git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            self._error = f"git status: {exc}"
+
+    def result(self) -> dict[str, Any]:
+        """``{"commit", "branch", "dirty", "changed"}``, or ``{"commit": None, "dirty": None, "error"}``."""
+        if self._memo is None:
+            self._memo = self._collect()
+        return dict(self._memo)
+
+    def _collect(self) -> dict[str, Any]:
+        if self._status is None:
+            return {"commit": None, "dirty": None, "error": self._error}
+        stdout, stderr = self._status.communicate()
+        listing = self._files.communicate()[0] if self._files else b""
+        if self._status.returncode != 0:
+            last = (stderr.strip().splitlines() or [f"exit status {self._status.returncode}"])[-1]
+            return {"commit": None, "dirty": None, "error": last}
+        state = _parse_status(stdout)
+        if self._files is not None and self._files.returncode == 0:
+            self._remember(state, listing)
+        return state
+
+    def _remember(self, state: dict[str, Any], listing: bytes) -> None:
+        repo = self._repo
+        files = [repo / os.fsdecode(name) for name in listing.split(b"\0") if name]
+        watched = sorted({str(p) for p in (repo, *files, *(f.parent for f in files), *_git_files(repo))})
+        fingerprint = _fingerprint(watched)
+        newest = max((entry[0] for entry in fingerprint if entry), default=0)
+        if newest < self._started_ns - _RACY_NS:
+            _GIT_MEMO[str(repo)] = (watched, fingerprint, state)
+
+
+def _git_files(repo: Path) -> list[Path]:
+    """HEAD, index, packed refs and the current branch's ref file (worktrees included)."""
+    dot_git = repo / ".git"
+    git_dir = dot_git
+    try:
+        if dot_git.is_file():
+            git_dir = (repo / dot_git.read_text().split("gitdir:", 1)[1].strip()).resolve()
+        common = git_dir
+        if (git_dir / "commondir").is_file():
+            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+        head = (git_dir / "HEAD").read_text().strip()
+    except (OSError, IndexError):
+        return [dot_git]
+    paths = [dot_git, git_dir / "HEAD", git_dir / "index", common / "packed-refs"]
+    if head.startswith("ref: "):
+        paths.append(common / head[5:])
+    return paths
+
+
+def _fingerprint(paths: list[str]) -> list[tuple[int, int, int] | None]:
+    entries: list[tuple[int, int, int] | None] = []
+    stat = os.stat
+    for path in paths:
+        try:
+            st = stat(path)
+        except OSError:
+            entries.append(None)
+        else:
+            entries.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return entries
+
+
+def git_state(repo: Path) -> dict[str, Any]:
+    """Commit, branch and dirty flag of ``repo``; see :class:`GitProbe`."""
+    return GitProbe(repo).result()
+
+
+def _parse_status(text: str) -> dict[str, Any]:
+    commit = branch = None
+    changed = []
+    for line in text.splitlines():
+        if line.startswith("# branch.oid "):
+            oid = line.split(" ", 2)[2]
+            commit = None if oid == "(initial)" else oid
+        elif line.startswith("# branch.head "):
+            head = line.split(" ", 2)[2]
+            branch = None if head == "(detached)" else head
+        elif line and not line.startswith("#"):
+            changed.append(_status_path(line))
+    return {"commit": commit, "branch": branch, "dirty": bool(changed), "changed": changed[:20]}
+
+
+def _status_path(line: str) -> str:
+    """The path of one ``git status --porcelain=v2`` entry."""
+    kind = line[0]
+    fields = {"1": 8, "2": 9, "u": 10}.get(kind)
+    if fields is None:  # "? path" (untracked) or "! path" (ignored)
+        return line[2:]
+    return line.split(" ", fields)[fields].split("\t")[0]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_text(data: dict[str, Any]) -> str:
+    """JSON with one top-level key per line, each value compact.
+
+    Readable with a glance (and ``python -m json.tool``), and written by
+    json's C encoder, which ``indent=`` would turn off.
+    """
+    lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in data.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(record_text(data), encoding="utf-8")
+        # The rename is atomic: readers see the old file or the whole new one.
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _script_entry(run: Run, script: str | None) -> dict[str, str] | None:
+    """``{"file", "sha256"}`` of the rendered script.
+
+    ``script`` is normally the script's file name inside the run directory;
+    the script's text (anything with a newline) is accepted too and hashed as
+    it is, named after the run's ``job.sbatch`` if that file holds it.
+    """
+    if script is None:
+        return None
+    if "\n" in script:
+        digest = hashlib.sha256(script.encode()).hexdigest()
+        default = run.path / "job.sbatch"
+        name = default.name if default.is_file() and sha256_file(default) == digest else None
+        return {"file": name, "sha256": digest}
+    path = run.path / script
+    if not path.is_file():
+        raise RunError(f"{path}: no such script to record")
+    return {"file": script, "sha256": sha256_file(path)}
+
+
+def write_record(config: Config, run: Run, *, job_ids: list[str], script: str | None = None,
+                 extra: dict | None = None, git: GitProbe | None = None) -> Path:
+    """Write ``run.json`` in the run directory (created if needed), atomically; return its path.
+
+    ``git`` is a probe started earlier (so it ran alongside other work); by
+    default the repository is probed now.
+    """
+    from titanenv.config.report import as_data
+
+    run.path.mkdir(parents=True, exist_ok=True)
+    record = {
+        "format": RECORD_FORMAT,
+        "name": run.name,
+        "run_dir": str(run.path),
+        "submitted": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "job_ids": [str(job_id) for job_id in job_ids],
+        "machine": config.machine,
+        "profiles": list(config.machine_chain),
+        "files_read": list(config.files_read),
+        "script": _script_entry(run, script),
+        "git": (git or GitProbe(config.repo_root)).result(),
+        "user": config.user,
+        "host": socket.gethostname(),
+        "extra": dict(extra or {}),
+        "config": as_data(config),
+    }
+    path = run.path / RECORD_NAME
+    write_json_atomic(path, record)
+    return path
+
+
+# --- reading records --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A ``run.json`` read back."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", self.run_dir.parent.name))
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [str(j) for j in self.data.get("job_ids", [])]
+
+    @property
+    def submitted(self) -> str:
+        return str(self.data.get("submitted", ""))
+
+    @property
+    def script_path(self) -> Path | None:
+        script = self.data.get("script") or {}
+        return self.run_dir / script["file"] if script.get("file") else None
+
+    @property
+    def git_label(self) -> str:
+        git = self.data.get("git") or {}
+        commit = git.get("commit")
+        if not commit:
+            return "-"
+        return commit[:10] + ("+dirty" if git.get("dirty") else "")
+
+
+def read_record(path: Path) -> RunRecord:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: cannot read the run record: {exc}") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: not a run record")
+    return RunRecord(path, data)
+
+
+def _record_paths(runs_dir: Path, name: str | None) -> Iterator[Path]:
+    pattern = f"{name}/*/{RECORD_NAME}" if name else f"*/*/{RECORD_NAME}"
+    return runs_dir.glob(pattern)
+
+
+def list_runs(config: Config, name: str | None = None, *, limit: int | None = None) -> list[RunRecord]:
+    """Run records under ``runs_dir``, newest first; unreadable ones are skipped."""
+    records = []
+    for path in _record_paths(config.paths.runs_dir, name):
+        try:
+            records.append(read_record(path))
+        except RunError:
+            continue
+    records.sort(key=lambda r: (r.submitted, r.run_dir.name), reverse=True)
+    return records[:limit] if limit else records
+
+
+def find_run(config: Config, ref: str) -> RunRecord:
+    """A run by directory (absolute or under ``runs_dir``), by name (its latest run), or ``latest``."""
+    runs_dir = config.paths.runs_dir
+    candidate = Path(ref).expanduser()
+    for directory in (candidate, runs_dir / ref):
+        if (directory / RECORD_NAME).is_file():
+            return read_record(directory / RECORD_NAME)
+        if directory.name == RECORD_NAME and directory.is_file():
+            return read_record(directory)
+    if ref == "latest" or _RUN_NAME.match(ref):
+        records = list_runs(config, None if ref == "latest" else ref, limit=1)
+        if records:
+            return records[0]
+    raise RunError(f"no run {ref!r} under {runs_dir} (give a run directory, a run name such as train, or latest)")
+
+
+def find_job(config: Config, job_id: str) -> RunRecord | None:
+    """The run whose record lists ``job_id``, newest first; None if none does."""
+    for record in list_runs(config):
+        if job_id in record.job_ids:
+            return record
+    return None
