@@ -214,10 +214,17 @@ class SlurmSettings(Model):
 
 
 class DataSettings(Model):
-    inputs: list[StrictStr]
+    inputs: list[StrictStr] = Field(min_length=1)
     tokenizer: StrictStr
     output: StrictStr
-    text_key: StrictStr
+    text_key: Annotated[StrictStr, Field(min_length=1)] = "text"
+    backend: Literal["auto", "gigatoken", "hf"] = "auto"
+    eod_token: StrictStr = ""
+    chunk_mb: Annotated[StrictInt, Field(ge=0)] = 0
+    workers: Annotated[StrictInt, Field(ge=0)] = 0
+    strict: StrictBool = False
+    progress_interval: Annotated[float, Field(gt=0)] = 30.0
+    parallel_tasks_per_node: Annotated[StrictInt, Field(ge=1)] = 1
 
 
 class TrainSettings(Model):

@@ -1,0 +1,95 @@
+"""Tokenize JSONL into Megatron-LM .bin/.idx datasets, and look inside them."""
+
+from invoke import Collection
+
+from tasks._common import MACHINE_HELP, SLURM_HELP, load, slurm_flags, task
+
+OUTPUT_HELP = "Dataset prefix: PREFIX.bin + PREFIX.idx (data.output; {data_dir} and friends expand)."
+TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + merges.txt (data.tokenizer)."
+
+
+@task(
+    iterable=["input"],
+    help={
+        "input": "JSONL input: a file, a glob, or several joined by ':'; repeat for more (data.inputs). "
+        ".jsonl.gz and .jsonl.zst are read as they are.",
+        "tokenizer": TOKENIZER_HELP,
+        "output": OUTPUT_HELP,
+        "text_key": "JSON key of each line's text (data.text_key).",
+        "backend": "auto, gigatoken or hf (data.backend); auto uses gigatoken where it loads the tokenizer.",
+        "eod_token": "End-of-document token (data.eod_token; default: the tokenizer's end-of-text token).",
+        "workers": "Worker processes per task; 0 means one per CPU (data.workers).",
+        "chunk_mb": "MiB of input per unit of work; 0 means about 8 chunks per worker (data.chunk_mb).",
+        "strict": "Stop at the first bad line, naming its file and line (data.strict).",
+        "overwrite": "Replace an existing output, and drop the parts of an unfinished run.",
+        "parallel": "Spread the chunks over the tasks of a Slurm job on all its nodes, then merge.",
+        "local": "Run here, in place, instead of submitting a job (the default on the local machine).",
+        "submit": "Submit a Slurm job even on the local machine (e.g. to a workstation's own Slurm).",
+        "tasks_per_node": "--parallel: Slurm tasks per node (data.parallel_tasks_per_node).",
+        **SLURM_HELP,
+        "dry": "Print what would be done (the plan, or the sbatch script); write and submit nothing.",
+        "machine": MACHINE_HELP,
+    },
+)
+def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backend=None, eod_token=None,
+               workers=None, chunk_mb=None, strict=False, overwrite=False, parallel=False, local=False, submit=False,
+               tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
+               dependency=None, dry=False, machine=None):
+    """Tokenize JSONL with a HF tokenizer into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
+    from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
+
+    inputs = [part for value in (input or []) for part in value.split(":") if part]
+    config = load(c, {
+        "machine": machine,
+        "data.inputs": inputs or None,
+        "data.tokenizer": tokenizer,
+        "data.output": output,
+        "data.text_key": text_key,
+        "data.backend": backend,
+        "data.eod_token": eod_token,
+        "data.workers": _int(workers),
+        "data.chunk_mb": _int(chunk_mb),
+        "data.strict": True if strict else None,
+        "data.parallel_tasks_per_node": _int(tasks_per_node),
+        **slurm_flags(nodes, time, partition, account, job_name),
+    })
+    run_preprocess(config, PreprocessRequest(
+        parallel=parallel, local=local, submit=submit, overwrite=overwrite, dry=dry, dependency=dependency,
+    ))
+
+
+def _int(value):
+    """Invoke hands untyped flags over as strings; numbers become ints, the rest is the schema's to refuse."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+@task(
+    help={
+        "prefix": OUTPUT_HELP + " Default: data.output.",
+        "tokenizer": TOKENIZER_HELP + " Decodes documents; default: the one it was made with, else data.tokenizer.",
+        "document": "Decode this document (0-based; negative counts from the end).",
+        "chars": "Print at most this many characters of the document.",
+        "machine": MACHINE_HELP,
+    }
+)
+def inspect(c, prefix=None, tokenizer=None, document=0, chars=500, machine=None):
+    """Print a dataset's documents, tokens, dtype and vocabulary bound, and decode one document."""
+    from titanenv.data.inspect import describe
+
+    config = load(c, {"machine": machine, "data.output": prefix, "data.tokenizer": tokenizer})
+    for line in describe(config, document=int(document), chars=int(chars), tokenizer_given=tokenizer is not None):
+        print(line)
+
+
+@task(help={"prefix": OUTPUT_HELP + " Default: data.output.", "machine": MACHINE_HELP})
+def verify(c, prefix=None, machine=None):
+    """Check a .bin/.idx pair for consistency (sizes, pointers, dtype); exit non-zero when corrupt."""
+    from titanenv.data.inspect import verify as run_verify
+
+    config = load(c, {"machine": machine, "data.output": prefix})
+    print(run_verify(config.expand_path(config.settings.data.output, "data.output")))
+
+
+ns = Collection(preprocess, inspect, verify)

@@ -1,0 +1,57 @@
+"""Job steps of data.preprocess: ``python -m titanenv.data {run,work,merge} PARTS_DIR``.
+
+The submitting task writes the plan (``PARTS_DIR/plan.json``: inputs,
+tokenizer, chunks, output) on the login node; the job only carries it out,
+so its command line holds nothing to quote but one path.
+
+- ``run``: every chunk with one worker process per CPU, then the merge.
+- ``work``: this Slurm task's share of the chunks (``SLURM_PROCID`` of
+  ``SLURM_NTASKS``), one worker process per CPU of the task.
+- ``merge``: join the finished chunks into the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from titanenv.errors import TitanEnvError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m titanenv.data", description=__doc__.splitlines()[0])
+    parser.add_argument("step", choices=("run", "work", "merge"))
+    parser.add_argument("parts", type=Path, help="the run's PREFIX.parts directory")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
+    parser.add_argument("--progress-interval", type=float, default=30.0, help="seconds between log lines")
+    args = parser.parse_args(argv)
+
+    from titanenv.data import preprocess
+
+    try:
+        plan = preprocess.Plan.read(args.parts / preprocess.PLAN_NAME)
+        progress = preprocess.Progress(interval=args.progress_interval)
+        if args.step == "run":
+            summary = preprocess.run(plan, workers=args.workers, progress=progress)
+            print("\n".join(summary.lines()), flush=True)
+        elif args.step == "work":
+            rank, ranks = preprocess.slurm_rank()
+            result = preprocess.work(plan, rank=rank, ranks=ranks, workers=args.workers, progress=progress)
+            print(
+                f"rank {rank} of {ranks}: {result.chunks_done} chunk(s) tokenized, "
+                f"{result.chunks_skipped} done earlier; {result.stats.documents:,} documents, "
+                f"{result.stats.tokens:,} tokens in {result.seconds:.2f} s",
+                flush=True,
+            )
+        else:
+            summary = preprocess.merge(plan)
+            print("\n".join(summary.lines()), flush=True)
+    except TitanEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,595 @@
+"""Tokenize JSONL into a Megatron-LM indexed dataset, chunk by chunk, resumably.
+
+A run has three steps, each usable on its own so a Slurm job can spread them:
+
+1. :func:`prepare` checks the inputs and the tokenizer, refuses an existing
+   output without ``overwrite``, cuts the inputs into chunks and writes the
+   plan to ``PREFIX.parts/plan.json`` (or reuses the plan of an unfinished run
+   with the same inputs and settings, so a rerun only does what is missing).
+2. :func:`work` tokenizes the chunks of one rank (``rank`` of ``ranks``; ranks
+   get similar byte counts) with N worker processes. Each chunk becomes a
+   numbered pair ``chunk-NNNNNN.bin/.idx`` written under temporary names and
+   renamed when complete, then a ``.done`` marker with its counts; chunks
+   that have a marker are skipped.
+3. :func:`merge` joins the chunk pairs in input order into ``PREFIX.bin`` +
+   ``PREFIX.idx`` (temporary names, then renamed), writes
+   ``PREFIX.summary.json`` and removes the parts.
+
+The result is byte-identical to Megatron-LM's ``tools/preprocess_data.py
+--append-eod`` (one sequence per document) whatever the number of chunks,
+workers or ranks, and whether or not the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from titanenv.data import indexed
+from titanenv.data.sources import (
+    Chunk,
+    InputError,
+    InputFile,
+    Skipped,
+    documents,
+    first_line_number,
+    plan_chunks,
+    resolve_inputs,
+    slices,
+)
+from titanenv.data.tokenizer import TextTokenizer, load_tokenizer
+from titanenv.errors import TitanEnvError
+
+PLAN_NAME = "plan.json"
+PLAN_FORMAT = 1
+MIN_CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 256 << 20
+# Locations of skipped lines kept per chunk for the summary (all are counted).
+EXAMPLES_PER_CHUNK = 10
+
+
+class PreprocessError(TitanEnvError):
+    """Preprocessing cannot start, go on, or finish."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What decides the output: a resumed run must have the same."""
+
+    inputs: list[str]
+    text_key: str
+    tokenizer: str
+    tokenizer_sha256: str
+    eod_id: int
+    dtype: str
+    output: str
+
+
+@dataclass
+class Plan:
+    settings: Settings
+    chunks: list[Chunk]
+    inputs: list[dict]  # path, size, mtime_ns
+    backend: str = "auto"
+    eod_token: str = ""
+    strict: bool = False
+
+    @property
+    def parts_dir(self) -> Path:
+        return parts_dir(Path(self.settings.output))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item["size"] for item in self.inputs)
+
+    def chunk_prefix(self, chunk: Chunk) -> Path:
+        return self.parts_dir / f"chunk-{chunk.index:06d}"
+
+    def is_done(self, chunk: Chunk) -> bool:
+        prefix = self.chunk_prefix(chunk)
+        return (
+            marker_path(prefix).is_file()
+            and indexed.bin_path(prefix).is_file()
+            and indexed.idx_path(prefix).is_file()
+        )
+
+    def assignment(self, rank: int, ranks: int) -> list[Chunk]:
+        """The chunks of ``rank``: largest first to the least loaded rank, so ranks get similar bytes."""
+        if not 0 <= rank < ranks:
+            raise PreprocessError(f"rank {rank} is outside 0..{ranks - 1}")
+        loads = [0] * ranks
+        mine: list[Chunk] = []
+        sizes = {c.index: (c.size if c.end >= 0 else _file_size(self, c.path)) for c in self.chunks}
+        for chunk in sorted(self.chunks, key=lambda c: (-sizes[c.index], c.index)):
+            target = min(range(ranks), key=lambda r: (loads[r], r))
+            loads[target] += sizes[chunk.index]
+            if target == rank:
+                mine.append(chunk)
+        return sorted(mine, key=lambda c: c.index)
+
+    def to_json(self) -> dict:
+        return {
+            "format": PLAN_FORMAT,
+            "settings": asdict(self.settings),
+            "inputs": self.inputs,
+            "chunks": [c.to_json() for c in self.chunks],
+            "backend": self.backend,
+            "eod_token": self.eod_token,
+            "strict": self.strict,
+        }
+
+    @classmethod
+    def read(cls, path: Path) -> "Plan":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != PLAN_FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            return cls(
+                settings=Settings(**data["settings"]),
+                chunks=[Chunk.from_json(c) for c in data["chunks"]],
+                inputs=data["inputs"],
+                backend=data["backend"],
+                eod_token=data["eod_token"],
+                strict=data["strict"],
+            )
+        except FileNotFoundError:
+            raise PreprocessError(f"{path}: no such plan; run data.preprocess to make one") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PreprocessError(f"{path}: not a preprocessing plan ({exc})") from None
+
+
+def _file_size(plan: Plan, path: Path) -> int:
+    for item in plan.inputs:
+        if item["path"] == str(path):
+            return int(item["size"])
+    return 0
+
+
+def parts_dir(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def marker_path(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + ".done")
+
+
+def summary_path(output: Path) -> Path:
+    return output.with_name(output.name + ".summary.json")
+
+
+def auto_chunk_bytes(total: int, workers: int) -> int:
+    """About eight chunks per worker, within 1 MiB .. 256 MiB: balance without tiny pieces."""
+    return int(min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, total // max(1, 8 * workers))))
+
+
+def prepare(
+    inputs: list[str],
+    *,
+    base: Path,
+    tokenizer: str,
+    output: Path,
+    text_key: str = "text",
+    backend: str = "auto",
+    eod_token: str = "",
+    chunk_bytes: int | None = None,
+    workers: int = 1,
+    strict: bool = False,
+    overwrite: bool = False,
+    loaded: TextTokenizer | None = None,
+    write: bool = True,
+) -> Plan:
+    """Check everything, then write (or reuse) the plan of a run; nothing else is touched.
+
+    ``write=False`` (dry runs) computes the plan and writes nothing.
+    """
+    files = resolve_inputs(inputs, base)
+    tok = loaded or load_tokenizer(tokenizer, backend=backend, eod_token=eod_token)
+    output = Path(output)
+    existing = [p for p in (indexed.bin_path(output), indexed.idx_path(output)) if p.exists()]
+    if existing and not overwrite:
+        raise PreprocessError(f"{existing[0]} exists; pass --overwrite to replace it (the old one stays until the new one is complete)")
+    if output.exists() and output.is_dir():
+        raise PreprocessError(f"output prefix {output} is a directory; name a file prefix inside it, e.g. {output}/train")
+    settings = Settings(
+        inputs=[str(f.path) for f in files],
+        text_key=text_key,
+        tokenizer=str(tok.files.path),
+        tokenizer_sha256=tok.files.fingerprint(),
+        eod_id=tok.eod_id,
+        dtype=indexed.optimal_dtype(tok.vocab_size).name,
+        output=str(output),
+    )
+    described = [{"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
+    parts = parts_dir(output)
+    plan_file = parts / PLAN_NAME
+    if plan_file.exists():
+        if overwrite:
+            if write:
+                shutil.rmtree(parts)
+        else:
+            old = Plan.read(plan_file)
+            if old.settings == settings and old.inputs == described:
+                old.backend, old.eod_token, old.strict = backend, eod_token, strict
+                if write:
+                    _write_json(plan_file, old.to_json())
+                return old
+            raise PreprocessError(
+                f"{parts} holds an unfinished run with other inputs or settings; "
+                "pass --overwrite to start over"
+            )
+    size = chunk_bytes or auto_chunk_bytes(sum(f.size for f in files), workers)
+    plan = Plan(settings=settings, chunks=plan_chunks(files, size), inputs=described,
+                backend=backend, eod_token=eod_token, strict=strict)
+    if write:
+        parts.mkdir(parents=True, exist_ok=True)
+        _write_json(plan_file, plan.to_json())
+    return plan
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+# --- tokenizing chunks ------------------------------------------------------------
+
+
+@dataclass
+class ChunkStats:
+    documents: int = 0
+    tokens: int = 0  # including end-of-document tokens
+    bytes_read: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)  # "file:line: reason"
+
+
+class _Counters:
+    """Progress shared between worker processes and the parent (documents, tokens, bytes)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.values = multiprocessing.get_context("fork").Array("q", 3, lock=False)
+
+    def add(self, documents: int, tokens: int, nbytes: int) -> None:
+        self.values[0] += documents
+        self.values[1] += tokens
+        self.values[2] += nbytes
+
+    def read(self) -> tuple[int, int, int]:
+        return self.values[0], self.values[1], self.values[2]
+
+
+def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Counters | None = None) -> ChunkStats:
+    """Tokenize one chunk into its numbered pair and marker; returns its counts."""
+    stats = ChunkStats()
+    skipped: Counter[str] = Counter()
+    dtype = np.dtype(plan.settings.dtype)
+    prefix = plan.chunk_prefix(chunk)
+    line_base: int | None = None
+    with indexed.IndexedDatasetWriter(prefix, dtype) as writer:
+        for first, data in slices(chunk):
+            encoded = tok.encode_jsonl(data, plan.settings.text_key)
+            if encoded is None:
+                texts, bad = documents(data, plan.settings.text_key, first)
+                if bad:
+                    if line_base is None:
+                        line_base = first_line_number(chunk)
+                    _record_skips(bad, chunk, line_base, plan.strict, skipped, stats.examples)
+                encoded = tok.encode(texts)
+            ids, offsets = encoded
+            lengths, tokens = with_end_of_document(ids, offsets, tok.eod_id, dtype)
+            writer.add_documents(lengths, tokens)
+            stats.documents += len(lengths)
+            stats.tokens += int(tokens.size)
+            stats.bytes_read += len(data)
+            if counters is not None:
+                counters.add(len(lengths), int(tokens.size), len(data))
+    stats.skipped = dict(skipped)
+    _write_json(marker_path(prefix), asdict(stats))
+    return stats
+
+
+def with_end_of_document(ids: np.ndarray, offsets: np.ndarray, eod_id: int,
+                         dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Documents' lengths and tokens with one end-of-document token after each (``--append-eod``)."""
+    count = len(offsets) - 1
+    tokens = np.empty(ids.size + count, dtype=dtype)
+    ends = offsets[1:] + np.arange(count)
+    tokens[ends] = eod_id
+    keep = np.ones(tokens.size, dtype=bool)
+    keep[ends] = False
+    tokens[keep] = ids
+    return (np.diff(offsets) + 1).astype(np.int32), tokens
+
+
+def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool,
+                  counts: Counter, examples: list[str]) -> None:
+    for item in bad:
+        where = f"{chunk.path}:{line_base + item.line}"
+        if strict:
+            raise InputError(f"{where}: {item.reason} (--strict)")
+        counts[item.reason] += 1
+        if len(examples) < EXAMPLES_PER_CHUNK:
+            examples.append(f"{where}: {item.reason}")
+
+
+# Worker-process state, set by fork from the parent.
+_WORKER: dict = {}
+
+
+def _work_in_child(chunk: Chunk) -> tuple[int, ChunkStats | str]:
+    try:
+        return chunk.index, tokenize_chunk(_WORKER["plan"], _WORKER["tok"], chunk, _WORKER["counters"])
+    except TitanEnvError as exc:
+        return chunk.index, str(exc)
+    except Exception as exc:  # keep the parent's report to one line naming the chunk
+        return chunk.index, f"{chunk.path} [{chunk.start}:{chunk.end}]: {type(exc).__name__}: {exc}"
+
+
+def cpus_available() -> int:
+    """CPUs this process may use: Slurm's per-task count, else the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+@dataclass
+class WorkResult:
+    chunks_done: int
+    chunks_skipped: int  # already done by an earlier run
+    stats: ChunkStats
+    seconds: float
+
+
+def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
+         progress: "Progress | None" = None, tok: TextTokenizer | None = None) -> WorkResult:
+    """Tokenize this rank's chunks that are not done yet, with ``workers`` processes (0: one per CPU)."""
+    started = time.perf_counter()
+    mine = plan.assignment(rank, ranks)
+    pending = [c for c in mine if not plan.is_done(c)]
+    total = ChunkStats()
+    if not pending:
+        return WorkResult(0, len(mine), total, time.perf_counter() - started)
+    tok = tok or load_tokenizer(plan.settings.tokenizer, backend=plan.backend, eod_token=plan.eod_token)
+    if tok.eod_id != plan.settings.eod_id or tok.files.fingerprint() != plan.settings.tokenizer_sha256:
+        raise PreprocessError(f"tokenizer {tok.files.path} changed since the plan was made; rerun with --overwrite")
+    workers = min(workers or cpus_available(), len(pending))
+    counters = _Counters()
+    pending_bytes = sum(c.size if c.end >= 0 else _file_size(plan, c.path) for c in pending)
+    if progress is not None:
+        progress.start(pending_bytes, counters)
+    try:
+        if workers <= 1:
+            for chunk in pending:
+                _add(total, tokenize_chunk(plan, tok, chunk, counters))
+        else:
+            _work_in_pool(plan, tok, pending, workers, counters, total)
+    finally:
+        if progress is not None:
+            progress.stop()
+    return WorkResult(len(pending), len(mine) - len(pending), total, time.perf_counter() - started)
+
+
+def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers: int,
+                  counters: _Counters, total: ChunkStats) -> None:
+    import multiprocessing
+
+    _warm_up(plan, tok, pending[0])
+    _WORKER.update(plan=plan, tok=tok, counters=counters)
+    # fork: workers inherit the loaded tokenizer instead of loading it again.
+    # HF tokenizers would otherwise start its own thread pool in every worker.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    context = multiprocessing.get_context("fork")
+    failure = None
+    with context.Pool(workers) as pool:
+        # Largest first so the last chunks to finish are small ones.
+        order = sorted(pending, key=lambda c: -(c.size if c.end >= 0 else _file_size(plan, c.path)))
+        for _, result in pool.imap_unordered(_work_in_child, order):
+            if isinstance(result, str):
+                failure = result
+                pool.terminate()
+                break
+            _add(total, result)
+    _WORKER.clear()
+    if failure:
+        raise PreprocessError(failure)
+
+
+WARM_UP_BYTES = 256 << 10
+
+
+def _warm_up(plan: Plan, tok: TextTokenizer, chunk: Chunk) -> None:
+    """Encode a little text before forking, so workers inherit a started tokenizer.
+
+    gigatoken sets itself up on its first encode (about 0.4 s here) and
+    caches pre-tokens; workers forked after a small encode skip the set-up
+    and start with the commonest words cached. Sequential in this process:
+    its thread pool must not exist before the fork.
+    """
+    if tok.backend != "gigatoken":
+        return
+    first, data = next(slices(chunk, WARM_UP_BYTES), (0, b""))
+    cut = data.rfind(b"\n", 0, WARM_UP_BYTES) + 1
+    texts, _ = documents(data[:cut], plan.settings.text_key, first)
+    tok._impl.encode_batch(texts, parallel=False)
+
+
+def _add(total: ChunkStats, part: ChunkStats) -> None:
+    total.documents += part.documents
+    total.tokens += part.tokens
+    total.bytes_read += part.bytes_read
+    for reason, count in part.skipped.items():
+        total.skipped[reason] = total.skipped.get(reason, 0) + count
+    room = 20 - len(total.examples)
+    total.examples.extend(part.examples[:max(room, 0)])
+
+
+# --- merging ------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    output: str
+    documents: int
+    tokens: int
+    skipped: dict[str, int]
+    examples: list[str]
+    bytes_read: int
+    bytes_written: int
+    dtype: str
+    tokenizer: str
+    eod_id: int
+    chunks: int
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        out = [
+            f"wrote {self.output}.bin + .idx: {self.documents:,} documents, {self.tokens:,} tokens ({self.dtype}), "
+            f"{_size(self.bytes_written)}",
+            f"read {_size(self.bytes_read)} in {self.chunks} chunk(s); "
+            + (f"{self.seconds:.2f} s, {rate / 1e6:.2f} M tokens/s" if self.seconds else "all done earlier"),
+        ]
+        skipped = sum(self.skipped.values())
+        if skipped:
+            by_reason = ", ".join(f"{count:,} {reason}" for reason, count in sorted(self.skipped.items()))
+            out.append(f"skipped {skipped:,} line(s): {by_reason}")
+            out.extend(f"  {example}" for example in self.examples[:10])
+        return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"
+
+
+def merge(plan: Plan, *, seconds: float = 0.0) -> Summary:
+    """Join every chunk's pair, in input order, into the output; remove the parts."""
+    missing = [c for c in plan.chunks if not plan.is_done(c)]
+    if missing:
+        raise PreprocessError(
+            f"{plan.parts_dir}: {len(missing)} of {len(plan.chunks)} chunk(s) not done "
+            f"(first: {missing[0].path}); rerun data.preprocess to finish them"
+        )
+    output = Path(plan.settings.output)
+    total = ChunkStats()
+    for chunk in plan.chunks:
+        marker = json.loads(marker_path(plan.chunk_prefix(chunk)).read_text(encoding="utf-8"))
+        _add(total, ChunkStats(**marker))
+    indexed.merge_datasets([plan.chunk_prefix(c) for c in plan.chunks], output, np.dtype(plan.settings.dtype))
+    summary = Summary(
+        output=str(output),
+        documents=total.documents,
+        tokens=total.tokens,
+        skipped=total.skipped,
+        examples=total.examples,
+        bytes_read=total.bytes_read,
+        bytes_written=indexed.bin_path(output).stat().st_size + indexed.idx_path(output).stat().st_size,
+        dtype=plan.settings.dtype,
+        tokenizer=plan.settings.tokenizer,
+        eod_id=plan.settings.eod_id,
+        chunks=len(plan.chunks),
+        seconds=seconds,
+    )
+    record = {**asdict(summary), "inputs": plan.settings.inputs, "text_key": plan.settings.text_key,
+              "tokenizer_sha256": plan.settings.tokenizer_sha256}
+    _write_json(summary_path(output), record)
+    shutil.rmtree(plan.parts_dir, ignore_errors=True)
+    return summary
+
+
+# --- progress -------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on a terminal; plain log lines every ``interval`` seconds otherwise (Slurm logs)."""
+
+    def __init__(self, *, label: str = "preprocess", interval: float = 30.0,
+                 echo: Callable[[str], None] | None = None, bar: bool | None = None):
+        self.label = label
+        self.interval = interval
+        self.echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.bar = sys.stderr.isatty() if bar is None else bar
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, total_bytes: int, counters: _Counters) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(total_bytes, counters), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, total_bytes: int, counters: _Counters) -> None:
+        started = time.perf_counter()
+        if self.bar:
+            from tqdm import tqdm
+
+            with tqdm(total=total_bytes, unit="B", unit_scale=True, desc=self.label, file=sys.stderr,
+                      dynamic_ncols=True) as bar:
+                while True:
+                    stopping = self._stop.wait(0.25)
+                    docs, tokens, nbytes = counters.read()
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    bar.update(nbytes - bar.n)
+                    bar.set_postfix_str(f"{docs:,} docs, {tokens / elapsed / 1e6:.2f} M tok/s", refresh=False)
+                    if stopping:
+                        return
+        while not self._stop.wait(self.interval):
+            docs, tokens, nbytes = counters.read()
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            share = f" ({100 * nbytes / total_bytes:.0f}%)" if total_bytes else ""
+            self.echo(
+                f"{self.label}: {_size(nbytes)} of {_size(total_bytes)}{share}, {docs:,} documents, "
+                f"{tokens:,} tokens, {tokens / elapsed / 1e6:.2f} M tokens/s"
+            )
+
+
+def run(plan: Plan, *, workers: int = 0, progress: Progress | None = None,
+        tok: TextTokenizer | None = None) -> Summary:
+    """Every chunk here (rank 0 of 1), then merge: the whole job in one process tree."""
+    result = work(plan, workers=workers, progress=progress, tok=tok)
+    return merge(plan, seconds=result.seconds if result.chunks_done else 0.0)
+
+
+def slurm_rank() -> tuple[int, int]:
+    """This task's rank and the number of ranks from Slurm (0 of 1 outside a job)."""
+    def number(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        return int(value) if value.isdigit() else default
+
+    return number("SLURM_PROCID", 0), number("SLURM_NTASKS", 1)
+
+
+def describe_assignment(plan: Plan, ranks: int) -> Iterable[str]:
+    for rank in range(ranks):
+        mine = plan.assignment(rank, ranks)
+        yield f"rank {rank}: {len(mine)} chunk(s), {_size(sum(c.size for c in mine))}"
+
+
+__all__ = [
+    "ChunkStats", "InputFile", "Plan", "PreprocessError", "Progress", "Settings", "Summary",
+    "merge", "prepare", "run", "slurm_rank", "tokenize_chunk", "work",
+]
