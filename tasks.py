@@ -14,7 +14,7 @@ from invoke import Collection
 
 __path__ = [str(Path(__file__).with_name("tasks"))]
 
-from tasks import config, container, data, env, jobs, pipeline, remote  # noqa: E402
+from tasks import config, container, data, env, jobs, pipeline, remote, train  # noqa: E402
 
-ns = Collection(config, container, data, env, jobs, remote)
+ns = Collection(config, container, data, env, jobs, remote, train)
 ns.add_task(pipeline.pipeline)

@@ -294,6 +294,7 @@ def train_script(
     torchrun: list[str] | None = None,
     task: str = "train.submit",
     dependency: str = "",
+    nproc_per_node: int = 0,
 ) -> str:
     """One task per node running torchrun with c10d rendezvous on the first node."""
     cluster = config.settings.cluster
@@ -301,6 +302,6 @@ def train_script(
     return _render_job(
         config, "train.sbatch.j2", title="Train with TorchTitan", task=task, resources=resources,
         run_dir=run_dir, training=True, command=command, torchrun=torchrun or ["torchrun"],
-        # CPU-only machines run one process per node.
-        nproc_per_node=cluster.gpus_per_node or 1,
+        # One process per GPU; CPU-only machines run one per node unless told.
+        nproc_per_node=nproc_per_node or cluster.gpus_per_node or 1,
     )

@@ -229,6 +229,10 @@ class DataSettings(Model):
 
 class TrainSettings(Model):
     config: StrictStr
+    # Checkpoints and TorchTitan's outputs: {checkpoint_dir}/<name>; "" = the TOML's file name.
+    name: StrictStr = ""
+    # Processes per node; 0 = one per GPU (one on machines without GPUs).
+    procs_per_node: Annotated[StrictInt, Field(ge=0)] = 0
 
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

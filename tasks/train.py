@@ -1,0 +1,84 @@
+"""Train with TorchTitan on the preprocessed datasets: here (train.run) or as a Slurm job (train.submit)."""
+
+from invoke import Collection
+
+from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, load, slurm_flags, task
+
+TRAIN_HELP = {
+    "config": "TOML job description (train.config), e.g. train_configs/debug_cpu.toml.",
+    "name": "Experiment name: checkpoints in {checkpoint_dir}/NAME, resumed by later runs (train.name).",
+    "steps": "Training steps (the TOML's training.steps).",
+    "seq_len": "Tokens per sample (training.seq_len).",
+    "batch_size": "Samples per process and step (training.local_batch_size).",
+    "lr": "Peak learning rate (optimizer.lr).",
+    "checkpoint_interval": "Steps between checkpoints (checkpoint.interval).",
+    "procs_per_node": "torchrun processes per node; 0 means one per GPU (train.procs_per_node).",
+    "dataset": "Dataset prefix written by data.preprocess (default: data.output).",
+    "machine": MACHINE_HELP,
+}
+
+
+def _config(c, machine, config, name, procs_per_node, dataset, extra=None):
+    def number(value):
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+    return load(c, {
+        "machine": machine,
+        "train.config": config,
+        "train.name": name,
+        "train.procs_per_node": number(procs_per_node),
+        "data.output": dataset,
+        **(extra or {}),
+    })
+
+
+def _request(steps, seq_len, batch_size, lr, checkpoint_interval, **kwargs):
+    from titanenv.train.job import TrainRequest
+
+    from titanenv.errors import TitanEnvError
+
+    def number(flag, value, kind=int):
+        if value is None:
+            return None
+        try:
+            return kind(value)
+        except ValueError:
+            raise TitanEnvError(f"--{flag}: {value!r} is not a number") from None
+
+    overrides = {
+        "training.steps": number("steps", steps),
+        "training.seq_len": number("seq-len", seq_len),
+        "training.local_batch_size": number("batch-size", batch_size),
+        "optimizer.lr": number("lr", lr, float),
+        "checkpoint.interval": number("checkpoint-interval", checkpoint_interval),
+    }
+    return TrainRequest(overrides=overrides, **kwargs)
+
+
+@task(help={**TRAIN_HELP, "dry": "Print the resolved TOML and the torchrun and torchtitan command lines; run nothing."})
+def run(c, config=None, name=None, steps=None, seq_len=None, batch_size=None, lr=None, checkpoint_interval=None,
+        procs_per_node=None, dataset=None, dry=False, machine=None):
+    """Train here with torchrun on this machine's CPUs or GPUs (no Slurm); resumes from the latest checkpoint."""
+    from titanenv.train.job import run_here
+
+    settings = _config(c, machine, config, name, procs_per_node, dataset)
+    status = run_here(settings, _request(steps, seq_len, batch_size, lr, checkpoint_interval, dry=dry))
+    if status:
+        raise SystemExit(f"error: training exited with status {status}")
+
+
+@task(help={**TRAIN_HELP, **SLURM_HELP, "chain": CHAIN_HELP,
+            "dry": "Print the rendered sbatch script and the exact torchtitan command line; submit nothing."})
+def submit(c, config=None, name=None, steps=None, seq_len=None, batch_size=None, lr=None, checkpoint_interval=None,
+           procs_per_node=None, dataset=None, nodes=None, time=None, partition=None, account=None, job_name=None,
+           dependency=None, chain=1, dry=False, machine=None):
+    """Submit TorchTitan training as a Slurm job: torchrun on every node, c10d rendezvous on the first."""
+    from titanenv.train.job import submit as run_submit
+
+    settings = _config(c, machine, config, name, procs_per_node, dataset,
+                       slurm_flags(nodes, time, partition, account, job_name))
+    run_submit(settings, _request(steps, seq_len, batch_size, lr, checkpoint_interval, dry=dry, chain=int(chain),
+                                  dependency=dependency))
+
+
+ns = Collection(run, submit)

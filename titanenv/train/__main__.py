@@ -1,0 +1,49 @@
+"""``python -m titanenv.train RUN/train.toml [TorchTitan options]``: what torchrun starts on every rank.
+
+Reads the resolved TOML, applies the CPU fixes where there is no GPU, and
+runs TorchTitan's own ``torchtitan.train.main`` with our config registry and
+the TOML's TorchTitan options (options given here override them).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def command_line(toml: Path, extra: list[str]) -> list[str]:
+    from titanenv.train.jobconfig import read
+
+    job = read(toml)
+    return ["--module", "titanenv.train.registry", "--config", "from_toml", *job.flags(), *extra]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m titanenv.train RUN/train.toml [TorchTitan options]", file=sys.stderr)
+        return 2
+    toml = Path(argv[0]).resolve()
+    from titanenv.errors import TitanEnvError
+    from titanenv.train.jobconfig import ENV_VAR
+
+    os.environ[ENV_VAR] = str(toml)
+    try:
+        args = command_line(toml, argv[1:])
+    except TitanEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from titanenv.train import cpu
+
+    if cpu.needed():
+        cpu.apply()
+    import torchtitan.train
+
+    sys.argv = ["torchtitan.train", *args]
+    torchtitan.train.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
