@@ -58,11 +58,13 @@ def _request(steps, seq_len, batch_size, lr, checkpoint_interval, **kwargs):
 @task(help={**TRAIN_HELP, "dry": "Print the resolved TOML and the torchrun and torchtitan command lines; run nothing."})
 def run(c, config=None, name=None, steps=None, seq_len=None, batch_size=None, lr=None, checkpoint_interval=None,
         procs_per_node=None, dataset=None, dry=False, machine=None):
-    """Train here with torchrun on this machine's CPUs or GPUs (no Slurm); resumes from the latest checkpoint."""
+    """Train here with torchrun on this machine's CPUs or GPUs (no Slurm); TorchTitan options after --."""
+    from tasks.container import argv_after_dashes
     from titanenv.train.job import run_here
 
     settings = _config(c, machine, config, name, procs_per_node, dataset)
-    status = run_here(settings, _request(steps, seq_len, batch_size, lr, checkpoint_interval, dry=dry))
+    status = run_here(settings, _request(steps, seq_len, batch_size, lr, checkpoint_interval, dry=dry,
+                                         extra=argv_after_dashes()))
     if status:
         raise SystemExit(f"error: training exited with status {status}")
 
@@ -73,12 +75,13 @@ def submit(c, config=None, name=None, steps=None, seq_len=None, batch_size=None,
            procs_per_node=None, dataset=None, nodes=None, time=None, partition=None, account=None, job_name=None,
            dependency=None, chain=1, dry=False, machine=None):
     """Submit TorchTitan training as a Slurm job: torchrun on every node, c10d rendezvous on the first."""
+    from tasks.container import argv_after_dashes
     from titanenv.train.job import submit as run_submit
 
     settings = _config(c, machine, config, name, procs_per_node, dataset,
                        slurm_flags(nodes, time, partition, account, job_name))
     run_submit(settings, _request(steps, seq_len, batch_size, lr, checkpoint_interval, dry=dry, chain=int(chain),
-                                  dependency=dependency))
+                                  dependency=dependency, extra=argv_after_dashes()))
 
 
 ns = Collection(run, submit)

@@ -37,7 +37,7 @@ class TrainRequest:
     dry: bool = False
     chain: int = 1
     dependency: str | None = None
-    nodes_note: str = ""
+    extra: list[str] = field(default_factory=list)  # more TorchTitan options, last so they win
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Prepared:
     name: str
     dump_folder: Path
     text: str  # the resolved TOML
+    extra: list[str] = field(default_factory=list)
 
 
 def prepare(config: Config, request: TrainRequest) -> Prepared:
@@ -68,7 +69,7 @@ def prepare(config: Config, request: TrainRequest) -> Prepared:
     name = settings.name or path.stem
     dump_folder = config.paths.checkpoint_dir / name
     check_data(job)
-    return Prepared(job=job, name=name, dump_folder=dump_folder, text=job.to_toml())
+    return Prepared(job=job, name=name, dump_folder=dump_folder, text=job.to_toml(), extra=list(request.extra))
 
 
 def check_data(job: JobConfig) -> None:
@@ -89,13 +90,13 @@ def check_data(job: JobConfig) -> None:
 
 def train_args(prepared: Prepared, toml: Path) -> list[str]:
     """What follows ``torchrun [options]``: our entry point, the resolved TOML, the output folder."""
-    return ["-m", "titanenv.train", str(toml), "--dump_folder", str(prepared.dump_folder)]
+    return ["-m", "titanenv.train", str(toml), "--dump_folder", str(prepared.dump_folder), *prepared.extra]
 
 
 def torchtitan_command(prepared: Prepared, toml: Path) -> list[str]:
     """TorchTitan's own command line, as ``python -m titanenv.train`` hands it over."""
     return ["torchtitan.train", "--module", "titanenv.train.registry", "--config", "from_toml",
-            *prepared.job.flags(), "--dump_folder", str(prepared.dump_folder)]
+            *prepared.job.flags(), "--dump_folder", str(prepared.dump_folder), *prepared.extra]
 
 
 def validate_with_torchtitan(prepared: Prepared, toml: Path) -> None:
@@ -138,9 +139,8 @@ def _tyro_problem(text: str) -> str:
     return f"TorchTitan refuses the config: {lines[0] if lines else 'unknown reason'}"
 
 
-def write_resolved(prepared: Prepared, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    toml = run_dir / RESOLVED_NAME
+def write_resolved(prepared: Prepared, toml: Path) -> Path:
+    toml.parent.mkdir(parents=True, exist_ok=True)
     temporary = toml.with_name(f".{toml.name}.tmp-{os.getpid()}")
     temporary.write_text(prepared.text, encoding="utf-8")
     os.replace(temporary, toml)
@@ -164,7 +164,7 @@ def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
         echo("# would run: " + " ".join(_quote(w) for w in command))
         echo("# torchtitan: " + " ".join(_quote(w) for w in torchtitan_command(prepared, toml)))
         return 0
-    toml = write_resolved(prepared, run.path)
+    toml = write_resolved(prepared, toml)
     validate_with_torchtitan(prepared, toml)
     prepared.dump_folder.mkdir(parents=True, exist_ok=True)
     write_record(config, run, job_ids=[], script=None,
@@ -200,7 +200,9 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
 
     prepared = prepare(config, request)
     run = new_run(config, "train")
-    toml = run.path / RESOLVED_NAME
+    # Beside the run directory: submission creates that directory itself, and
+    # the job must find the TOML the moment it starts.
+    toml = run.path.with_name(f"{run.path.name}.{RESOLVED_NAME}")
     python = job_python(config)
     script = sbatch.train_script(
         config, run_dir=run.path, command=train_args(prepared, toml),
@@ -213,13 +215,11 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
             echo(f"#   {line}")
         echo("# torchtitan: " + " ".join(_quote(w) for w in torchtitan_command(prepared, toml)))
     else:
-        write_resolved(prepared, run.path)
+        write_resolved(prepared, toml)
         try:
             validate_with_torchtitan(prepared, toml)
         except TitanEnvError:
             toml.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                run.path.rmdir()
             raise
     submission = slurm.submit(
         config, run, script, dry=request.dry, chain=request.chain, dependency=request.dependency, echo=echo,

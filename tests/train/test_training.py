@@ -1,0 +1,106 @@
+"""Real TorchTitan training of the tiny model on CPU from a dataset made by data.preprocess."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.slurm import LocalSlurm
+from tests.helpers import SHARED_DATA, run_invoke
+from tests.slurm.conftest import submitted_ids
+
+pytestmark = pytest.mark.train
+
+WIKI = SHARED_DATA / "corpus" / "wikitext2_valid_test.jsonl"
+STEP = re.compile(r"step:\s*(\d+)\s+loss:\s*([0-9.naninf]+)")
+
+
+def losses(text: str) -> dict[int, float]:
+    return {int(s): float(v) for s, v in STEP.findall(re.sub(r"\x1b\[[0-9;]*m", "", text))}
+
+
+def ok(*args: str, timeout: float = 600):
+    if args[0].startswith("train."):
+        args = (*args, "--", "--metrics.log_freq", "1")
+    result = run_invoke(*args, timeout=timeout)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "wiki"
+    ok("data.preprocess", "--input", str(WIKI), "--output", str(out))
+    return out
+
+
+def test_one_process_trains_and_a_resumed_run_repeats_the_uninterrupted_one(dataset: Path) -> None:
+    common = ["--dataset", str(dataset), "--steps", "10", "--checkpoint-interval", "5", "--batch-size", "2"]
+    straight = ok("train.run", "--name", "straight", *common)
+    seen = losses(straight.stdout + straight.stderr)
+    assert sorted(seen) == list(range(1, 11))
+    values = list(seen.values())
+    assert all(math.isfinite(v) for v in values)
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3
+
+    # Interrupted after step 5: only that checkpoint is left; a new run resumes from it.
+    folder = next(Path.home().glob("trustllm/scratch/**/experiments/straight/checkpoint"))
+    assert {p.name for p in folder.iterdir()} >= {"step-5", "step-10"}
+    shutil.copytree(folder.parent, folder.parent.with_name("resumed"))
+    shutil.rmtree(folder.parent.with_name("resumed") / "checkpoint" / "step-10")
+    resumed = ok("train.run", "--name", "resumed", *common)
+    again = losses(resumed.stdout + resumed.stderr)
+    assert sorted(again) == list(range(6, 11)), "the resumed run starts after its checkpoint"
+    for step in range(6, 11):
+        assert again[step] == pytest.approx(seen[step], abs=1e-4)
+
+
+def test_two_processes_with_gloo(dataset: Path) -> None:
+    result = ok("train.run", "--name", "two", "--dataset", str(dataset), "--steps", "4", "--procs-per-node", "2",
+                "--batch-size", "2")
+    seen = losses(result.stdout + result.stderr)
+    assert sorted(seen) == [1, 2, 3, 4] and all(math.isfinite(v) for v in seen.values())
+
+
+@pytest.mark.slurm
+def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_env: LocalSlurm) -> None:
+    dry = ok("train.submit", "--dataset", str(dataset), "--steps", "3", "--procs-per-node", "2", "--dry")
+    assert "--nproc_per_node=2" in dry.stdout and "# torchtitan: torchtitan.train --module titanenv.train.registry" in dry.stdout
+    submitted = ok("train.submit", "--name", "slurm", "--time", "00:10:00", "--dataset", str(dataset), "--steps", "3",
+                   "--procs-per-node", "2", "--batch-size", "2", "--partition", "debug")
+    (job_id,) = submitted_ids(submitted.stdout)
+    waited = run_invoke("jobs.wait", "--job", job_id, "--interval", "0.5", timeout=600)
+    log = run_invoke("jobs.logs", "--job", job_id, "--err").stdout + run_invoke("jobs.logs", "--job", job_id).stdout
+    assert waited.returncode == 0, log[-4000:]
+    assert sorted(losses(log)) == [1, 2, 3]
+
+
+def _bad_toml(tmp_path: Path, old: str, new: str) -> Path:
+    from tests.helpers import REPO_ROOT
+
+    path = tmp_path / "bad.toml"
+    text = (REPO_ROOT / "train_configs" / "debug_cpu.toml").read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_bad_input_fails_before_submission_in_one_line(dataset: Path, tmp_path: Path) -> None:
+    cases = [
+        (["--dataset", str(tmp_path / "missing")], "no such index file; run data.preprocess"),
+        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "vocab_size = 50257", "vocab_size = 1000"))],
+         "does not fit the model's vocabulary of 1,000"),
+        (["--dataset", str(dataset), "--seq-len", "100000000"], "cannot fill one window of seq_len"),
+        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "[metrics]", "[metrics]\nlog_fraq = 2"))],
+         "TorchTitan does not know metrics.log_fraq"),
+    ]
+    for args, expected in cases:
+        result = run_invoke("train.submit", *args, timeout=300)  # not ok(): must fail
+        assert result.returncode == 1, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+        assert "submitted job" not in result.stdout
