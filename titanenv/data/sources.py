@@ -150,43 +150,40 @@ def _line_end_after(handle, position: int, size: int) -> int:
 
 def slices(chunk: Chunk, slice_bytes: int = SLICE_BYTES) -> Iterator[tuple[int, bytes]]:
     """The chunk's bytes as whole lines, about ``slice_bytes`` at a time, each with the line index it starts at."""
-    line = 0
     if chunk.end < 0:
-        stream = _open_compressed(chunk.path)
-        with stream:
-            rest = b""
-            while True:
-                block = stream.read(slice_bytes)
-                if not block:
-                    break
-                data = rest + block
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    rest = data
-                    continue
-                yield line, data[:cut]
-                line += data.count(b"\n", 0, cut)
-                rest = data[cut:]
-            if rest:
-                yield line, rest
+        with _open_compressed(chunk.path) as stream:
+            yield from _whole_lines(iter(lambda: stream.read(slice_bytes), b""))
         return
     with open(chunk.path, "rb") as handle:
         handle.seek(chunk.start)
-        remaining = chunk.end - chunk.start
-        rest = b""
-        while remaining > 0:
-            block = handle.read(min(slice_bytes, remaining))
-            if not block:
-                raise InputError(f"input {chunk.path}: shorter than planned (changed while reading?)")
-            remaining -= len(block)
-            data = rest + block
-            cut = len(data) if remaining == 0 else data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            yield line, data[:cut]
-            line += data.count(b"\n", 0, cut)
-            rest = data[cut:]
+        yield from _whole_lines(_range_blocks(handle, chunk, slice_bytes))
+
+
+def _range_blocks(handle, chunk: Chunk, slice_bytes: int) -> Iterator[bytes]:
+    remaining = chunk.end - chunk.start
+    while remaining > 0:
+        block = handle.read(min(slice_bytes, remaining))
+        if not block:
+            raise InputError(f"input {chunk.path}: shorter than planned (changed while reading?)")
+        remaining -= len(block)
+        yield block
+
+
+def _whole_lines(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Re-cut blocks at their last newline; the tail after the final newline comes last."""
+    line = 0
+    rest = b""
+    for block in blocks:
+        data = rest + block
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            rest = data
+            continue
+        yield line, data[:cut]
+        line += data.count(b"\n", 0, cut)
+        rest = data[cut:]
+    if rest:
+        yield line, rest
 
 
 def _open_compressed(path: Path):
