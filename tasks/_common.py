@@ -93,6 +93,13 @@ SLURM_HELP: dict[str, str] = {
 CHAIN_HELP = "Submit N jobs, each starting after the previous one succeeded (a long training resumes link by link)."
 
 
+def as_int(value: Any) -> Any:
+    """Invoke hands untyped flags over as strings; digits become an int, the rest is the schema's to refuse."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
 def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, account: Any = None,
                 job_name: Any = None) -> dict[str, Any]:
     """The ``slurm.*`` config keys of the shared Slurm task flags (None: not given).
@@ -101,10 +108,8 @@ def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, acco
     becomes an int here, anything else is left for the config schema to reject
     with a one-line error naming the flag.
     """
-    if isinstance(nodes, str) and nodes.strip().isdigit():
-        nodes = int(nodes)
     return {
-        "slurm.nodes": nodes,
+        "slurm.nodes": as_int(nodes),
         "slurm.time": time,
         "slurm.partition": partition,
         "slurm.account": account,

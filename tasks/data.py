@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks._common import MACHINE_HELP, SLURM_HELP, load, slurm_flags, task
+from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
 
 OUTPUT_HELP = "Dataset prefix: PREFIX.bin + PREFIX.idx (data.output; {data_dir} and friends expand)."
 TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + merges.txt (data.tokenizer)."
@@ -47,22 +47,15 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
         "data.text_key": text_key,
         "data.backend": backend,
         "data.eod_token": eod_token,
-        "data.workers": _int(workers),
-        "data.chunk_mb": _int(chunk_mb),
+        "data.workers": as_int(workers),
+        "data.chunk_mb": as_int(chunk_mb),
         "data.strict": True if strict else None,
-        "data.parallel_tasks_per_node": _int(tasks_per_node),
+        "data.parallel_tasks_per_node": as_int(tasks_per_node),
         **slurm_flags(nodes, time, partition, account, job_name),
     })
     run_preprocess(config, PreprocessRequest(
         parallel=parallel, local=local, submit=submit, overwrite=overwrite, dry=dry, dependency=dependency,
     ))
-
-
-def _int(value):
-    """Invoke hands untyped flags over as strings; numbers become ints, the rest is the schema's to refuse."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return value
 
 
 @task(

@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, load, slurm_flags, task
+from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
 
 TRAIN_HELP = {
     "config": "TOML job description (train.config), e.g. train_configs/debug_cpu.toml.",
@@ -19,14 +19,11 @@ TRAIN_HELP = {
 
 
 def _config(c, machine, config, name, procs_per_node, dataset, extra=None):
-    def number(value):
-        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
-
     return load(c, {
         "machine": machine,
         "train.config": config,
         "train.name": name,
-        "train.procs_per_node": number(procs_per_node),
+        "train.procs_per_node": as_int(procs_per_node),
         "data.output": dataset,
         **(extra or {}),
     })

@@ -48,7 +48,7 @@ def preprocess(config: Config, request: PreprocessRequest, echo: Callable[[str],
         backend=data.backend,
         eod_token=data.eod_token,
         chunk_bytes=data.chunk_mb << 20 if data.chunk_mb else None,
-        workers=workers * (_ranks(config, request) if request.parallel and not here else 1),
+        workers=workers * (_ranks(config) if request.parallel and not here else 1),
         strict=data.strict,
         overwrite=request.overwrite,
         write=not request.dry,
@@ -72,7 +72,7 @@ def preprocess(config: Config, request: PreprocessRequest, echo: Callable[[str],
     return _submit(config, request, plan, echo)
 
 
-def _ranks(config: Config, request: PreprocessRequest) -> int:
+def _ranks(config: Config) -> int:
     return config.settings.slurm.nodes * config.settings.data.parallel_tasks_per_node
 
 
@@ -104,7 +104,7 @@ def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Ca
             config, run_dir=run.path, command=[*step, "work", *tail], merge_command=[*step, "merge", *tail],
             ntasks_per_node=data.parallel_tasks_per_node, dependency="",
         )
-        ranks = _ranks(config, request)
+        ranks = _ranks(config)
     else:
         script = sbatch.preprocess_script(config, run_dir=run.path, command=[*step, "run", *tail])
         ranks = 1
