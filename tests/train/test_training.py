@@ -79,10 +79,10 @@ def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_e
     assert sorted(losses(log)) == [1, 2, 3]
 
 
-def _bad_toml(tmp_path: Path, old: str, new: str) -> Path:
+def _bad_toml(tmp_path: Path, name: str, old: str, new: str) -> Path:
     from tests.helpers import REPO_ROOT
 
-    path = tmp_path / "bad.toml"
+    path = tmp_path / f"{name}.toml"
     text = (REPO_ROOT / "train_configs" / "debug_cpu.toml").read_text()
     assert old in text
     path.write_text(text.replace(old, new))
@@ -92,10 +92,10 @@ def _bad_toml(tmp_path: Path, old: str, new: str) -> Path:
 def test_bad_input_fails_before_submission_in_one_line(dataset: Path, tmp_path: Path) -> None:
     cases = [
         (["--dataset", str(tmp_path / "missing")], "no such index file; run data.preprocess"),
-        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "vocab_size = 50257", "vocab_size = 1000"))],
+        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "small_vocab", "vocab_size = 50257", "vocab_size = 1000"))],
          "does not fit the model's vocabulary of 1,000"),
         (["--dataset", str(dataset), "--seq-len", "100000000"], "cannot fill one window of seq_len"),
-        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "[metrics]", "[metrics]\nlog_fraq = 2"))],
+        (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "unknown_key", "[metrics]", "[metrics]\nlog_fraq = 2"))],
          "TorchTitan does not know metrics.log_fraq"),
     ]
     for args, expected in cases:
