@@ -17,6 +17,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MACHINE_HELP = "Machine profile from machines/ (default: the configured `machine`, local)."
 
 
+# Third-party modules of the optional extras (pyproject.toml), by extra.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("numpy", "tokenizers", "gigatoken", "orjson", "zstandard", "tqdm", "datasets"), "data"),
+    **dict.fromkeys(("torch", "torchtitan", "triton"), "train"),
+}
+
+
 class ProjectTask(invoke.Task):
     """A task whose deliberate library errors end it with one line and status 1."""
 
@@ -27,6 +34,14 @@ class ProjectTask(invoke.Task):
             return super().__call__(*args, **kwargs)
         except TitanEnvError as exc:
             raise Exit(f"error: {exc}", code=1) from None
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])
+            if extra is None:
+                raise
+            import sys
+
+            raise Exit(f"error: {exc.name} (of the {extra!r} extra) is missing from this Python ({sys.executable}): "
+                       f"pip install -e '{REPO_ROOT}[{extra}]'", code=1) from None
 
 
 task = functools.partial(invoke.task, klass=ProjectTask)

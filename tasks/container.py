@@ -20,6 +20,21 @@ def config_for(c, machine=None, runtime=None, binary=None, extra=None):
     return load(c, flags)
 
 
+def images_or_note(config, verb):
+    """The machine's container store; None, after saying so, where runtime none has no container.
+
+    Runtime ``none`` runs jobs in the host venv, so the container steps of a
+    chain (``container.build --offline container.activate env.setup ...``)
+    succeed there with nothing to do, and the same chain runs on every machine.
+    """
+    from titanenv import container
+
+    if not container.uses_container(config):
+        print(f"runtime none on machine {config.machine}: no container to {verb}; jobs run in the host venv")
+        return None
+    return container.images(config)
+
+
 def argv_after_dashes(fallback=""):
     """The words after ``--`` on the command line, exactly as the shell passed them.
 
@@ -44,9 +59,9 @@ def argv_after_dashes(fallback=""):
 )
 def build(c, machine=None, runtime=None, binary=None, offline=False, force=False):
     """Build the container at the build path (pull the pinned image, or --offline from its archive)."""
-    from titanenv import container
-
-    store = container.images(config_for(c, machine, runtime, binary))
+    store = images_or_note(config_for(c, machine, runtime, binary), "build")
+    if store is None:
+        return
     where = store.build(offline=offline, force=force)
     print(f"built {where}; make it the active container with: invoke container.activate")
 
@@ -61,9 +76,9 @@ def build(c, machine=None, runtime=None, binary=None, offline=False, force=False
 )
 def download(c, machine=None, runtime=None, binary=None, force=False):
     """Save the pinned image as an archive for offline builds (on a machine with network)."""
-    from titanenv import container
-
-    store = container.images(config_for(c, machine, runtime, binary))
+    store = images_or_note(config_for(c, machine, runtime, binary), "download")
+    if store is None:
+        return
     where = store.download(force=force)
     print(f"saved {where} (+ .sha256); copy it to container.archive_dir there and run: invoke container.build --offline")
 
@@ -78,9 +93,9 @@ def download(c, machine=None, runtime=None, binary=None, force=False):
 )
 def activate(c, machine=None, runtime=None, binary=None, rollback=False):
     """Make the built container the active one, keeping the replaced one for --rollback."""
-    from titanenv import container
-
-    store = container.images(config_for(c, machine, runtime, binary))
+    store = images_or_note(config_for(c, machine, runtime, binary), "roll back" if rollback else "activate")
+    if store is None:
+        return
     if rollback:
         print(f"rolled back: {store.rollback()} is the previous container again")
     else:
@@ -90,9 +105,9 @@ def activate(c, machine=None, runtime=None, binary=None, rollback=False):
 @task(help={"machine": MACHINE_HELP, "runtime": RUNTIME_HELP, "binary": BINARY_HELP})
 def status(c, machine=None, runtime=None, binary=None):
     """Show the built, active and previous containers."""
-    from titanenv import container
-
-    store = container.images(config_for(c, machine, runtime, binary))
+    store = images_or_note(config_for(c, machine, runtime, binary), "show")
+    if store is None:
+        return
     for state in store.status():
         print(state.line())
 

@@ -8,8 +8,8 @@ JOB_HELP = "Job id(s), comma-separated (123 or 123,124)."
 RUN_HELP = "A run instead of job ids: its directory, its name (its latest run, e.g. train) or `latest`."
 
 
-def _job_ids(c, job, run, machine, *, what):
-    """Job ids from --job, or every job of the run named by --run."""
+def _job_ids(c, job, run, machine, *, what, latest=False):
+    """Job ids from --job, every job of the run named by --run, or (``latest``) of the newest submitting run."""
     from titanenv.slurm.jobs import parse_job_ids
 
     if job and run:
@@ -22,6 +22,12 @@ def _job_ids(c, job, run, machine, *, what):
         record = find_run(load(c, {"machine": machine}), run)
         if not record.job_ids:
             raise Exit(f"error: run {record.run_dir} submitted no Slurm jobs", code=1)
+        return record.job_ids, record
+    if latest:
+        from titanenv.runs import latest_submitting_run
+
+        record = latest_submitting_run(load(c, {"machine": machine}))
+        print(f"waiting for run {record.run_dir}: job {','.join(record.job_ids)}", flush=True)
         return record.job_ids, record
     raise Exit(f"error: which job? {what} needs --job ID or --run RUN", code=2)
 
@@ -96,7 +102,7 @@ def cancel(c, job="", run="", machine=None):
 
 @task(
     help={
-        "job": JOB_HELP,
+        "job": JOB_HELP + " Default: the jobs of the newest run that submitted any.",
         "run": RUN_HELP + " All its jobs (a whole chain).",
         "timeout": "Give up (exit 1) after this many seconds; 0: wait as long as it takes.",
         "interval": "Seconds between the first checks (e.g. 0.5); it backs off to 10 s.",
@@ -107,7 +113,7 @@ def wait(c, job="", run="", timeout=0, interval=0.5, machine=None):
     """Block until jobs end; exit non-zero if one did not complete (for CI chains)."""
     from titanenv.slurm import jobs
 
-    ids, _ = _job_ids(c, job, run, machine, what="wait")
+    ids, _ = _job_ids(c, job, run, machine, what="wait", latest=True)
     jobs.wait(ids, timeout=float(timeout) or None, interval=float(interval))
 
 

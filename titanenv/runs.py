@@ -363,6 +363,14 @@ def find_run(config: Config, ref: str) -> RunRecord:
     raise RunError(f"no run {ref!r} under {runs_dir} (give a run directory, a run name such as train, or latest)")
 
 
+def latest_submitting_run(config: Config) -> RunRecord:
+    """The newest run that submitted Slurm jobs (runs done in place submit none)."""
+    for record in list_runs(config):
+        if record.job_ids:
+            return record
+    raise RunError(f"no run under {config.paths.runs_dir} submitted Slurm jobs; give --job ID or --run RUN")
+
+
 def find_job(config: Config, job_id: str) -> RunRecord | None:
     """The run whose record lists ``job_id``, newest first; None if none does."""
     for record in list_runs(config):

@@ -104,3 +104,40 @@ def test_bad_input_fails_before_submission_in_one_line(dataset: Path, tmp_path: 
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
         assert "submitted job" not in result.stdout
+
+
+# A login node's task venv without torch: the blocker makes `import torch` fail
+# in the invoke process only (BLOCK_TORCH=invoke) or everywhere (=all).
+TORCH_BLOCKER = '''
+import os, sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "torchtitan"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+where = os.environ.get("BLOCK_TORCH")
+if where == "all" or (where == "invoke" and sys.orig_argv[1:3] == ["-m", "invoke"]):
+    sys.meta_path.insert(0, _NoTorch())
+'''
+
+
+def test_without_torch_here_the_job_environment_checks_the_toml(dataset: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(TORCH_BLOCKER)
+    bad = _bad_toml(tmp_path, "unknown_key", "[metrics]", "[metrics]\nlog_fraq = 2")
+    args = ["train.submit", "--dataset", str(dataset), "--config", str(bad)]
+
+    env = {"PYTHONPATH": str(blocker), "BLOCK_TORCH": "invoke"}
+    result = run_invoke(*args, env=env, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0] == f"error: {bad}: TorchTitan does not know metrics.log_fraq (from the TOML's [metrics] section or a flag)"
+
+    result = run_invoke(*args, env={**env, "BLOCK_TORCH": "all"}, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "cannot check it with TorchTitan: this Python" in lines[0] and "lacks torch" in lines[0], lines[0]
+    assert "run env.setup there" in lines[0]

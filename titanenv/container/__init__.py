@@ -36,6 +36,7 @@ from titanenv.container.session import (
     run,
     run_invocation,
     runtime,
+    uses_container,
 )
 
 
@@ -48,5 +49,6 @@ __all__ = [
     "RUNTIME_NAMES", "Apptainer", "ContainerRuntime", "DiskFull", "Docker", "ExecSpec", "HostShell",
     "ImageError", "ImageLayout", "Invocation", "Mount", "NoRuntime", "NoVenv", "Podman", "RuntimeNotFound",
     "Singularity", "active_image", "container_environment", "exec_argv", "host_shell", "images",
-    "job_exec_prefix", "layout", "mounts", "run", "run_invocation", "runtime", "runtime_for", "venv_entry",
+    "job_exec_prefix", "layout", "mounts", "run", "run_invocation", "runtime", "runtime_for", "uses_container",
+    "venv_entry",
 ]

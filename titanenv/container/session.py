@@ -38,6 +38,11 @@ def runtime(config: Config) -> Apptainer | Docker | NoRuntime:
                        source=config.origin("cluster.container_runtime"))
 
 
+def uses_container(config: Config) -> bool:
+    """Whether the machine runs jobs in a container (every runtime but ``none``); checks the name."""
+    return not isinstance(runtime(config), NoRuntime)
+
+
 def host_shell(config: Config) -> HostShell:
     cluster = config.settings.cluster
     rt = runtime(config)

@@ -1,5 +1,8 @@
 """``python -m titanenv.train RUN/train.toml [TorchTitan options]``: what torchrun starts on every rank.
 
+``--check`` first: only parse the options with TorchTitan, exit 1 with one
+``error:`` line if it refuses them (train.submit's check where the job runs).
+
 Reads the resolved TOML, applies the CPU fixes where there is no GPU, and
 runs TorchTitan's own ``torchtitan.train.main`` with our config registry and
 the TOML's TorchTitan options (options given here override them).
@@ -21,8 +24,11 @@ def command_line(toml: Path, extra: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    check = bool(argv) and argv[0] == "--check"
+    if check:
+        argv = argv[1:]
     if not argv or argv[0].startswith("-"):
-        print("usage: python -m titanenv.train RUN/train.toml [TorchTitan options]", file=sys.stderr)
+        print("usage: python -m titanenv.train [--check] RUN/train.toml [TorchTitan options]", file=sys.stderr)
         return 2
     toml = Path(argv[0]).resolve()
     from titanenv.errors import TitanEnvError
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except TitanEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if check:
+        return _check(toml, argv[1:])
     from titanenv.train import cpu
 
     if cpu.needed():
@@ -42,6 +50,22 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.argv = ["torchtitan.train", *args]
     torchtitan.train.main()
+    return 0
+
+
+def _check(toml: Path, extra: list[str]) -> int:
+    from titanenv.errors import TitanEnvError
+    from titanenv.train.job import Prepared, validate_with_torchtitan
+    from titanenv.train.jobconfig import read
+
+    job = read(toml)
+    # The dump folder travels in ``extra`` (--dump_folder ...), as torchrun passes it.
+    prepared = Prepared(job=job, name=toml.stem, dump_folder=Path("."), text="", extra=extra)
+    try:
+        validate_with_torchtitan(prepared, toml)
+    except TitanEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

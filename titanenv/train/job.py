@@ -125,6 +125,40 @@ def validate_with_torchtitan(prepared: Prepared, toml: Path) -> None:
             os.environ[ENV_VAR] = previous
 
 
+def check_in_job_environment(config: Config, prepared: Prepared, toml: Path) -> None:
+    """Check the options with TorchTitan where the job will run, when this Python lacks it.
+
+    A login node's task venv is often made without the ``train`` extra (the
+    container brings torch); there the machine's container or venv does the
+    check, still before anything is submitted.
+    """
+    try:
+        validate_with_torchtitan(prepared, toml)
+        return
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in ("torch", "torchtitan", "triton"):
+            raise
+        missing = exc.name
+    from titanenv.launch import job_launcher, job_python
+
+    argv = [*job_launcher(config), job_python(config), "-m", "titanenv.train", "--check",
+            *train_args(prepared, toml)[2:]]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=toml.parent)
+    except OSError as exc:
+        done = subprocess.CompletedProcess(argv, 127, "", str(exc))
+    if done.returncode == 0:
+        return
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    if done.returncode == 1 and last.startswith("error: "):
+        # Name the user's TOML, not the resolved copy the job environment read.
+        raise TrainError(last.removeprefix("error: ").replace(str(toml), str(prepared.job.path), 1))
+    raise TrainError(f"{prepared.job.path}: cannot check it with TorchTitan: this Python ({sys.executable}) lacks "
+                     f"{missing} and the job environment failed ({last}); run env.setup there, "
+                     "or pip install -e '.[train]' here")
+
+
 def _tyro_problem(text: str) -> str:
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     for line in plain.splitlines():
@@ -217,7 +251,7 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     else:
         write_resolved(prepared, toml)
         try:
-            validate_with_torchtitan(prepared, toml)
+            check_in_job_environment(config, prepared, toml)
         except TitanEnvError:
             toml.unlink(missing_ok=True)
             raise
