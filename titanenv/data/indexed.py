@@ -72,6 +72,11 @@ def dtype_code(dtype: np.dtype | type) -> int:
         raise IndexedDatasetError(f"dtype {np.dtype(dtype)} has no MMIDIDX code") from None
 
 
+def index_size(sequences: int, documents: int) -> int:
+    """Bytes of an ``.idx`` file with this many sequences and documents (not counting the leading 0)."""
+    return _FIXED_HEADER.size + sequences * (4 + 8) + (documents + 1) * 8
+
+
 def index_bytes(dtype: np.dtype, sequence_lengths: np.ndarray, document_indices: np.ndarray) -> bytes:
     """The complete ``.idx`` file for these sequences and documents."""
     lengths = np.asarray(sequence_lengths, dtype=np.int32)
@@ -88,10 +93,29 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_rename(temporary: Path, final: Path) -> None:
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
+def _fsync_rename(temporary: Path, final: Path, durable: bool = True) -> None:
+    if durable:
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(temporary, final)
+
+
+def _append_file(source: Path, target) -> None:
+    """Append ``source`` to the open file ``target``: in the kernel where it can (copy_file_range)."""
+    target.flush()
+    with open(source, "rb") as handle:
+        remaining = os.fstat(handle.fileno()).st_size
+        copy = getattr(os, "copy_file_range", None)
+        while copy is not None and remaining > 0:
+            try:
+                copied = copy(handle.fileno(), target.fileno(), remaining)
+            except OSError:  # not across these file systems: copy through user space
+                break
+            if copied == 0:
+                break
+            remaining -= copied
+        if remaining > 0:
+            shutil.copyfileobj(handle, target, length=16 << 20)
 
 
 class IndexedDatasetWriter:
@@ -99,11 +123,14 @@ class IndexedDatasetWriter:
 
     Use as a context manager: on success both files appear under their final
     names (the ``.idx`` last); on an exception the temporary files are removed.
+    ``durable`` (the default) flushes them to disk before the rename; pieces
+    that are checked again before use (preprocessing chunks) skip that.
     """
 
-    def __init__(self, prefix: Path | str, dtype: np.dtype | type):
+    def __init__(self, prefix: Path | str, dtype: np.dtype | type, *, durable: bool = True):
         self.prefix = Path(prefix)
         self.dtype = np.dtype(dtype)
+        self.durable = durable
         dtype_code(self.dtype)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
         self._bin_tmp = _temporary(bin_path(self.prefix))
@@ -143,8 +170,7 @@ class IndexedDatasetWriter:
         self._count += len(other.sequence_lengths)
         self.tokens_written += other.num_tokens
         other.close()
-        with open(bin_path(prefix), "rb") as source:
-            shutil.copyfileobj(source, self._bin, length=16 << 20)
+        _append_file(bin_path(prefix), self._bin)
 
     def finalize(self) -> None:
         self._bin.close()
@@ -152,8 +178,8 @@ class IndexedDatasetWriter:
         documents = np.array([0, *self._document_ends], dtype=np.int64)
         idx_tmp = _temporary(idx_path(self.prefix))
         idx_tmp.write_bytes(index_bytes(self.dtype, lengths, documents))
-        _fsync_rename(self._bin_tmp, bin_path(self.prefix))
-        _fsync_rename(idx_tmp, idx_path(self.prefix))
+        _fsync_rename(self._bin_tmp, bin_path(self.prefix), self.durable)
+        _fsync_rename(idx_tmp, idx_path(self.prefix), self.durable)
 
     def abort(self) -> None:
         self._bin.close()

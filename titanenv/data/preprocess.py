@@ -54,6 +54,8 @@ PLAN_NAME = "plan.json"
 PLAN_FORMAT = 1
 MIN_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 256 << 20
+# Input a worker process tokenizes before a fresh one replaces it (bounds gigatoken's cache).
+RECYCLE_BYTES = 1 << 30
 # Locations of skipped lines kept per chunk for the summary (all are counted).
 EXAMPLES_PER_CHUNK = 10
 
@@ -96,12 +98,22 @@ class Plan:
         return self.parts_dir / f"chunk-{chunk.index:06d}"
 
     def is_done(self, chunk: Chunk) -> bool:
+        """Marker present and both files of the sizes it records.
+
+        Chunk files are not flushed to disk one by one (that cost about a
+        fifth of the run); a machine that went down before the page cache
+        reached the disk leaves short or empty files, which this catches.
+        """
         prefix = self.chunk_prefix(chunk)
-        return (
-            marker_path(prefix).is_file()
-            and indexed.bin_path(prefix).is_file()
-            and indexed.idx_path(prefix).is_file()
-        )
+        try:
+            marker = json.loads(marker_path(prefix).read_text(encoding="utf-8"))
+            bin_size = indexed.bin_path(prefix).stat().st_size
+            idx_size = indexed.idx_path(prefix).stat().st_size
+            tokens, documents = int(marker["tokens"]), int(marker["documents"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return (bin_size == tokens * np.dtype(self.settings.dtype).itemsize
+                and idx_size == indexed.index_size(documents, documents))
 
     def assignment(self, rank: int, ranks: int) -> list[Chunk]:
         """The chunks of ``rank``: largest first to the least loaded rank, so ranks get similar bytes."""
@@ -278,11 +290,11 @@ def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Coun
     dtype = np.dtype(plan.settings.dtype)
     prefix = plan.chunk_prefix(chunk)
     line_base: int | None = None
-    with indexed.IndexedDatasetWriter(prefix, dtype) as writer:
-        for first, data in slices(chunk):
-            encoded = tok.encode_jsonl(data, plan.settings.text_key)
+    with indexed.IndexedDatasetWriter(prefix, dtype, durable=False) as writer:
+        for first, data, lines in slices(chunk):
+            encoded = tok.encode_jsonl(data, plan.settings.text_key, lines)
             if encoded is None:
-                texts, bad = documents(data, plan.settings.text_key, first)
+                texts, bad = documents(bytes(data), plan.settings.text_key, first)
                 if bad:
                     if line_base is None:
                         line_base = first_line_number(chunk)
@@ -354,7 +366,8 @@ class WorkResult:
     chunks_done: int
     chunks_skipped: int  # already done by an earlier run
     stats: ChunkStats
-    seconds: float
+    seconds: float  # the whole step, tokenizer load and start-up included
+    tokenize_seconds: float = 0.0  # from a started tokenizer to the last chunk written
 
 
 def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
@@ -370,6 +383,9 @@ def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
     if tok.eod_id != plan.settings.eod_id or tok.files.fingerprint() != plan.settings.tokenizer_sha256:
         raise PreprocessError(f"tokenizer {tok.files.path} changed since the plan was made; rerun with --overwrite")
     workers = min(workers or cpus_available(), len(pending))
+    if workers > 1:
+        _warm_up(plan, tok, pending[0])
+    ready = time.perf_counter()
     counters = _Counters()
     pending_bytes = sum(c.size if c.end >= 0 else _file_size(plan, c.path) for c in pending)
     if progress is not None:
@@ -383,23 +399,26 @@ def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
     finally:
         if progress is not None:
             progress.stop()
-    return WorkResult(len(pending), len(mine) - len(pending), total, time.perf_counter() - started)
+    finished = time.perf_counter()
+    return WorkResult(len(pending), len(mine) - len(pending), total, finished - started, finished - ready)
 
 
 def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers: int,
                   counters: _Counters, total: ChunkStats) -> None:
     import multiprocessing
 
-    _warm_up(plan, tok, pending[0])
     _WORKER.update(plan=plan, tok=tok, counters=counters)
     # fork: workers inherit the loaded tokenizer instead of loading it again.
     # HF tokenizers would otherwise start its own thread pool in every worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     context = multiprocessing.get_context("fork")
     failure = None
-    with context.Pool(workers) as pool:
-        # Largest first so the last chunks to finish are small ones.
-        order = sorted(pending, key=lambda c: -(c.size if c.end >= 0 else _file_size(plan, c.path)))
+    # Largest first so the last chunks to finish are small ones.
+    order = sorted(pending, key=lambda c: -(c.size if c.end >= 0 else _file_size(plan, c.path)))
+    largest = order[0].size if order[0].end >= 0 else _file_size(plan, order[0].path)
+    # gigatoken's pre-token cache only grows; a worker is replaced by a fresh
+    # fork of this process after about RECYCLE_BYTES of input, bounding it.
+    with context.Pool(workers, maxtasksperchild=max(1, RECYCLE_BYTES // max(largest, 1))) as pool:
         for _, result in pool.imap_unordered(_work_in_child, order):
             if isinstance(result, str):
                 failure = result
@@ -424,7 +443,10 @@ def _warm_up(plan: Plan, tok: TextTokenizer, chunk: Chunk) -> None:
     """
     if tok.backend != "gigatoken":
         return
-    first, data = next(slices(chunk, WARM_UP_BYTES), (0, b""))
+    pieces = slices(chunk, WARM_UP_BYTES)
+    first, view, _ = next(pieces, (0, b"", 0))
+    data = bytes(view)
+    pieces.close()  # hands the read buffer back before anything else reads
     cut = data.rfind(b"\n", 0, WARM_UP_BYTES) + 1
     texts, _ = documents(data[:cut], plan.settings.text_key, first)
     tok._impl.encode_batch(texts, parallel=False)
@@ -456,15 +478,19 @@ class Summary:
     tokenizer: str
     eod_id: int
     chunks: int
-    seconds: float = 0.0
+    seconds: float = 0.0  # tokenizing, start-up included
+    tokenize_seconds: float = 0.0  # tokenizing only (started tokenizer to last chunk)
+    merge_seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        rate = self.tokens / self.tokenize_seconds if self.tokenize_seconds > 0 else 0.0
         out = [
             f"wrote {self.output}.bin + .idx: {self.documents:,} documents, {self.tokens:,} tokens ({self.dtype}), "
             f"{_size(self.bytes_written)}",
             f"read {_size(self.bytes_read)} in {self.chunks} chunk(s); "
-            + (f"{self.seconds:.2f} s, {rate / 1e6:.2f} M tokens/s" if self.seconds else "all done earlier"),
+            + (f"tokenized in {self.tokenize_seconds:.2f} s ({rate / 1e6:.2f} M tokens/s; "
+               f"{self.seconds - self.tokenize_seconds:.2f} s start-up), merged in {self.merge_seconds:.2f} s"
+               if self.seconds else f"all done earlier, merged in {self.merge_seconds:.2f} s"),
         ]
         skipped = sum(self.skipped.values())
         if skipped:
@@ -482,8 +508,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def merge(plan: Plan, *, seconds: float = 0.0) -> Summary:
+def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """Join every chunk's pair, in input order, into the output; remove the parts."""
+    started = time.perf_counter()
     missing = [c for c in plan.chunks if not plan.is_done(c)]
     if missing:
         raise PreprocessError(
@@ -508,12 +535,14 @@ def merge(plan: Plan, *, seconds: float = 0.0) -> Summary:
         tokenizer=plan.settings.tokenizer,
         eod_id=plan.settings.eod_id,
         chunks=len(plan.chunks),
-        seconds=seconds,
+        seconds=result.seconds if result else 0.0,
+        tokenize_seconds=result.tokenize_seconds if result else 0.0,
     )
     record = {**asdict(summary), "inputs": plan.settings.inputs, "text_key": plan.settings.text_key,
               "tokenizer_sha256": plan.settings.tokenizer_sha256}
-    _write_json(summary_path(output), record)
     shutil.rmtree(plan.parts_dir, ignore_errors=True)
+    summary.merge_seconds = record["merge_seconds"] = time.perf_counter() - started
+    _write_json(summary_path(output), record)
     return summary
 
 
@@ -571,7 +600,7 @@ def run(plan: Plan, *, workers: int = 0, progress: Progress | None = None,
         tok: TextTokenizer | None = None) -> Summary:
     """Every chunk here (rank 0 of 1), then merge: the whole job in one process tree."""
     result = work(plan, workers=workers, progress=progress, tok=tok)
-    return merge(plan, seconds=result.seconds if result.chunks_done else 0.0)
+    return merge(plan, result=result if result.chunks_done else None)
 
 
 def slurm_rank() -> tuple[int, int]:

@@ -91,6 +91,7 @@ class TextTokenizer:
     eod_id: int
     eod_token: str
     _impl: Any = field(repr=False)
+    _scratch: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (pid, memfd)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Ids of every text back to back (uint32) and offsets (int64, ``len(texts) + 1``)."""
@@ -109,7 +110,7 @@ class TextTokenizer:
         )
         return ids, offsets
 
-    def encode_jsonl(self, data: bytes, text_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def encode_jsonl(self, data: bytes, text_key: str, lines: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Parse and encode JSON lines in one pass inside gigatoken; None where that cannot be trusted.
 
         gigatoken's JSONL reader is several times faster than parsing in
@@ -117,27 +118,34 @@ class TextTokenizer:
         empty texts. So its answer is taken only when it has one non-empty
         document per line; otherwise (None) the caller parses the lines itself
         and reports each bad one. Linux only (an in-memory file holds the bytes).
+        ``lines``: the number of lines in ``data``, where the caller counted them.
         """
         if self.backend != "gigatoken" or not hasattr(os, "memfd_create") or not data:
             return None
         import gigatoken
 
-        descriptor = os.memfd_create("titanenv-jsonl", os.MFD_CLOEXEC)
-        try:
-            view = memoryview(data)
-            written = 0
-            while written < len(view):
-                written += os.write(descriptor, view[written:])
-            source = gigatoken.JsonlFileSource([f"/proc/self/fd/{descriptor}"], field=text_key)
-            layout = self._impl.encode_files(source).layout
-        finally:
-            os.close(descriptor)
+        descriptor = self._scratch_file()
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(descriptor, view[written:], written)
+        os.ftruncate(descriptor, len(view))
+        source = gigatoken.JsonlFileSource([f"/proc/self/fd/{descriptor}"], field=text_key)
+        layout = self._impl.encode_files(source).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        if lines is None:
+            lines = bytes(data).count(b"\n") + (0 if bytes(data[-1:]) == b"\n" else 1)
         if len(offsets) - 1 != lines or (np.diff(offsets) == 0).any():
             return None
         ids = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
         return ids, offsets - offsets[0]
+
+    def _scratch_file(self) -> int:
+        """This process's in-memory file for encode_jsonl, reused: its pages stay allocated between slices."""
+        pid = os.getpid()
+        if self._scratch is None or self._scratch[0] != pid:  # a forked worker makes its own
+            self._scratch = (pid, os.memfd_create("titanenv-jsonl", os.MFD_CLOEXEC))
+        return self._scratch[1]
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
         ids = np.asarray(ids, dtype=np.uint32)
