@@ -270,19 +270,19 @@ def preprocess_parallel_script(
     *,
     run_dir: Path,
     command: list[str],
-    merge_command: list[str],
+    merge_command: list[str] | None = None,
     ntasks_per_node: int = 1,
     task: str = "data.preprocess --parallel",
     dependency: str = "",
 ) -> str:
-    """Tasks over all nodes each tokenizing a share of the input, then one merge step."""
+    """Tasks over all nodes each tokenizing a share of the input, then (``merge_command``) one merge step."""
     resources = resources_for(
         config, job_name="preprocess-parallel", gpu=False, log_dir=run_dir,
         ntasks_per_node=ntasks_per_node, dependency=dependency,
     )
     return _render_job(
         config, "preprocess_parallel.sbatch.j2", title="Preprocess data in parallel", task=task,
-        resources=resources, run_dir=run_dir, training=False, command=command, merge_command=merge_command,
+        resources=resources, run_dir=run_dir, training=False, command=command, merge_command=merge_command or [],
     )
 
 

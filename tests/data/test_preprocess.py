@@ -183,7 +183,10 @@ def test_a_rerun_redoes_only_missing_chunks_and_matches_an_uninterrupted_run(tmp
     stray = indexed.bin_path(plan.chunk_prefix(missing)).with_name(f".chunk-{missing.index:06d}.bin.tmp-999")
     stray.write_bytes(b"half")
     # A machine that went down before its page cache reached the disk: marker there, data short.
-    crashed = plan.chunks[done[0]]
+    # (Chunk 0 is already in the merged file, its .bin gone; the others wait for rank 1's.)
+    assert pre.copied_path(plan.chunk_prefix(plan.chunks[0])).exists()
+    assert not indexed.bin_path(plan.chunk_prefix(plan.chunks[0])).exists()
+    crashed = next(plan.chunks[i] for i in done if indexed.bin_path(plan.chunk_prefix(plan.chunks[i])).exists())
     data = indexed.bin_path(plan.chunk_prefix(crashed))
     data.write_bytes(data.read_bytes()[:-4096])
     assert not plan.is_done(crashed)
@@ -192,6 +195,20 @@ def test_a_rerun_redoes_only_missing_chunks_and_matches_an_uninterrupted_run(tmp
     assert f"resuming: {len(done) - 1} of {len(plan.chunks)} chunk(s) done" in result.stdout
     assert pair_bytes(out) == pair_bytes(straight)
     assert not pre.parts_dir(out).exists()
+
+
+def test_chunks_copied_into_a_lost_merged_file_are_made_again(tmp_path: Path) -> None:
+    straight = tmp_path / "straight" / "train"
+    ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
+    out = tmp_path / "lost" / "train"
+    plan = pre.prepare([str(OWT)], base=REPO_ROOT, tokenizer=str(GPT2), output=out, chunk_bytes=1 << 20)
+    pre.work(plan, workers=1)  # every chunk done and copied; no merge yet
+    assert all(pre.copied_path(plan.chunk_prefix(c)).exists() for c in plan.chunks)
+    (plan.parts_dir / pre.MERGED_NAME).unlink()
+
+    result = ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    assert "resuming" not in result.stdout  # every chunk made again
+    assert pair_bytes(out) == pair_bytes(straight)
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:

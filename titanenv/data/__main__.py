@@ -6,8 +6,11 @@ so its command line holds nothing to quote but one path.
 
 - ``run``: every chunk with one worker process per CPU, then the merge.
 - ``work``: this Slurm task's share of the chunks (``SLURM_PROCID`` of
-  ``SLURM_NTASKS``), one worker process per CPU of the task.
-- ``merge``: join the finished chunks into the output.
+  ``SLURM_NTASKS``), one worker process per CPU of the task, each chunk
+  copied into the merged file once its offset is known; the task that
+  finishes last merges.
+- ``merge``: copy what is left, write the index, put the output in place
+  (by hand, after a job that stopped before its last task merged).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result.stats.tokens:,} tokens in {result.seconds:.2f} s",
                 flush=True,
             )
+            summary = preprocess.finish_rank(plan, result, rank=rank, ranks=ranks, job=preprocess.slurm_job())
+            if summary is not None:
+                print(f"rank {rank} of {ranks} finished last and merged:", flush=True)
+                print("\n".join(summary.lines()), flush=True)
         else:
             summary = preprocess.merge(plan)
             print("\n".join(summary.lines()), flush=True)

@@ -100,22 +100,37 @@ def _fsync_rename(temporary: Path, final: Path, durable: bool = True) -> None:
     os.replace(temporary, final)
 
 
-def _append_file(source: Path, target) -> None:
-    """Append ``source`` to the open file ``target``: in the kernel where it can (copy_file_range)."""
-    target.flush()
-    with open(source, "rb") as handle:
-        remaining = os.fstat(handle.fileno()).st_size
+def copy_into(source: Path, target: int, offset: int) -> int:
+    """Write all of ``source`` into the open file descriptor ``target`` at ``offset``; returns its size.
+
+    In the kernel where it can (copy_file_range: no copy through user space,
+    a clone on file systems that share blocks); else read and write.
+    """
+    with open(source, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        done = 0
         copy = getattr(os, "copy_file_range", None)
-        while copy is not None and remaining > 0:
+        while copy is not None and done < size:
             try:
-                copied = copy(handle.fileno(), target.fileno(), remaining)
-            except OSError:  # not across these file systems: copy through user space
+                copied = copy(handle.fileno(), target, size - done, done, offset + done)
+            except OSError:  # not between these file systems: through user space
                 break
             if copied == 0:
                 break
-            remaining -= copied
-        if remaining > 0:
-            shutil.copyfileobj(handle, target, length=16 << 20)
+            done += copied
+        while done < size:
+            block = os.pread(handle.fileno(), min(16 << 20, size - done), done)
+            if not block:
+                raise IndexedDatasetError(f"{source}: shorter than it was a moment ago")
+            done += os.pwrite(target, block, offset + done)
+    return size
+
+
+def _append_file(source: Path, target) -> None:
+    """Append ``source`` to the open file object ``target``."""
+    target.flush()
+    position = target.tell()
+    target.seek(position + copy_into(source, target.fileno(), position))
 
 
 class IndexedDatasetWriter:
@@ -221,6 +236,18 @@ def read_header(path: Path) -> IndexHeader:
     if code not in DTYPE_CODES:
         raise IndexedDatasetError(f"{path}: unknown dtype code {code}")
     return IndexHeader(np.dtype(DTYPE_CODES[code]), sequences, documents)
+
+
+def sequence_lengths(prefix: Path | str) -> np.ndarray:
+    """The sequence lengths in ``PREFIX.idx`` alone (no ``.bin`` needed)."""
+    path = idx_path(Path(prefix))
+    header = read_header(path)
+    with open(path, "rb") as handle:
+        handle.seek(_FIXED_HEADER.size)
+        raw = handle.read(header.sequence_count * 4)
+    if len(raw) != header.sequence_count * 4:
+        raise IndexedDatasetError(f"{path}: truncated ({header.sequence_count} sequences promised)")
+    return np.frombuffer(raw, dtype=np.int32)
 
 
 class IndexedDataset:

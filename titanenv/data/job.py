@@ -101,7 +101,7 @@ def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Ca
         tail += ["--workers", str(data.workers)]
     if request.parallel:
         script = sbatch.preprocess_parallel_script(
-            config, run_dir=run.path, command=[*step, "work", *tail], merge_command=[*step, "merge", *tail],
+            config, run_dir=run.path, command=[*step, "work", *tail],
             ntasks_per_node=data.parallel_tasks_per_node, dependency="",
         )
         ranks = _ranks(config)

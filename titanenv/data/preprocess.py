@@ -51,6 +51,8 @@ from titanenv.data.tokenizer import TextTokenizer, load_tokenizer
 from titanenv.errors import TitanEnvError
 
 PLAN_NAME = "plan.json"
+# In PREFIX.parts: the output's tokens, copied in at their offsets, until the merge renames it.
+MERGED_NAME = "merged.bin"
 PLAN_FORMAT = 1
 MIN_CHUNK_BYTES = 1 << 20
 MAX_CHUNK_BYTES = 256 << 20
@@ -104,16 +106,21 @@ class Plan:
         fifth of the run); a machine that went down before the page cache
         reached the disk leaves short or empty files, which this catches.
         """
+        return self.done_marker(chunk) is not None
+
+    def done_marker(self, chunk: Chunk) -> dict | None:
+        """The chunk's marker (its ChunkStats) if it is done, else None."""
         prefix = self.chunk_prefix(chunk)
         try:
             marker = json.loads(marker_path(prefix).read_text(encoding="utf-8"))
-            bin_size = indexed.bin_path(prefix).stat().st_size
-            idx_size = indexed.idx_path(prefix).stat().st_size
             tokens, documents = int(marker["tokens"]), int(marker["documents"])
+            # Once copied into the merged file, a chunk's .bin is removed (see _Copier).
+            bin_ok = ((copied_path(prefix).exists() and (self.parts_dir / MERGED_NAME).exists())
+                      or indexed.bin_path(prefix).stat().st_size == tokens * np.dtype(self.settings.dtype).itemsize)
+            idx_ok = indexed.idx_path(prefix).stat().st_size == indexed.index_size(documents, documents)
         except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return (bin_size == tokens * np.dtype(self.settings.dtype).itemsize
-                and idx_size == indexed.index_size(documents, documents))
+            return None
+        return marker if bin_ok and idx_ok else None
 
     def assignment(self, rank: int, ranks: int) -> list[Chunk]:
         """The chunks of ``rank``: largest first to the least loaded rank, so ranks get similar bytes."""
@@ -173,6 +180,11 @@ def parts_dir(output: Path) -> Path:
 
 def marker_path(prefix: Path) -> Path:
     return prefix.with_name(prefix.name + ".done")
+
+
+def copied_path(prefix: Path) -> Path:
+    """Marker: the chunk's tokens are in the merged file (see :func:`copy_share`)."""
+    return prefix.with_name(prefix.name + ".copied")
 
 
 def summary_path(output: Path) -> Path:
@@ -283,16 +295,22 @@ class _Counters:
         return self.values[0], self.values[1], self.values[2]
 
 
-def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Counters | None = None) -> ChunkStats:
-    """Tokenize one chunk into its numbered pair and marker; returns its counts."""
+def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Counters | None = None,
+                   threads: bool | None = None) -> ChunkStats:
+    """Tokenize one chunk into its numbered pair and marker; returns its counts.
+
+    ``threads``: let gigatoken use its thread pool (None: its own choice,
+    which is no in a forked worker).
+    """
     stats = ChunkStats()
     skipped: Counter[str] = Counter()
     dtype = np.dtype(plan.settings.dtype)
     prefix = plan.chunk_prefix(chunk)
+    copied_path(prefix).unlink(missing_ok=True)  # its bytes in the merged file are stale now
     line_base: int | None = None
     with indexed.IndexedDatasetWriter(prefix, dtype, durable=False) as writer:
         for first, data, lines in slices(chunk):
-            encoded = tok.encode_jsonl(data, plan.settings.text_key, lines)
+            encoded = tok.encode_jsonl(data, plan.settings.text_key, lines, parallel=threads)
             if encoded is None:
                 texts, bad = documents(bytes(data), plan.settings.text_key, first)
                 if bad:
@@ -382,7 +400,8 @@ def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
     tok = tok or load_tokenizer(plan.settings.tokenizer, backend=plan.backend, eod_token=plan.eod_token)
     if tok.eod_id != plan.settings.eod_id or tok.files.fingerprint() != plan.settings.tokenizer_sha256:
         raise PreprocessError(f"tokenizer {tok.files.path} changed since the plan was made; rerun with --overwrite")
-    workers = min(workers or cpus_available(), len(pending))
+    cpus = workers or cpus_available()
+    workers = min(cpus, len(pending))
     if workers > 1:
         _warm_up(plan, tok, pending[0])
     ready = time.perf_counter()
@@ -390,21 +409,69 @@ def work(plan: Plan, *, rank: int = 0, ranks: int = 1, workers: int = 0,
     pending_bytes = sum(c.size if c.end >= 0 else _file_size(plan, c.path) for c in pending)
     if progress is not None:
         progress.start(pending_bytes, counters)
+    # Compressed (whole-file, unknown size) chunks first, then in input order,
+    # so the merged file's offsets become known early and copying overlaps tokenizing.
+    pending.sort(key=lambda c: (c.end >= 0, -_file_size(plan, c.path) if c.end < 0 else c.index))
+    copier = _Copier(plan, mine)
     try:
         if workers <= 1:
+            # One process: gigatoken's threads may use the other CPUs, unless one was asked for.
             for chunk in pending:
-                _add(total, tokenize_chunk(plan, tok, chunk, counters))
+                _add(total, tokenize_chunk(plan, tok, chunk, counters, threads=cpus > 1))
+                copier.poll()
         else:
-            _work_in_pool(plan, tok, pending, workers, counters, total)
+            _work_in_pool(plan, tok, pending, workers, counters, total, copier)
     finally:
+        copier.close()
         if progress is not None:
             progress.stop()
     finished = time.perf_counter()
     return WorkResult(len(pending), len(mine) - len(pending), total, finished - started, finished - ready)
 
 
+class _Copier:
+    """Copies this rank's finished chunks into the merged file once every earlier chunk is done.
+
+    A chunk's offset in the merged ``.bin`` is the size of all chunks before
+    it; as tokenizing goes on in input order that becomes known for more and
+    more chunks, and copying them then (in the parent, while the workers
+    tokenize) leaves little for the merge. What is left, :func:`copy_share`
+    and :func:`merge` copy.
+    """
+
+    def __init__(self, plan: Plan, mine: list[Chunk]):
+        self.plan = plan
+        self.waiting = sorted(c.index for c in mine if not copied_path(plan.chunk_prefix(c)).exists())
+        self.known = 0  # chunks [0, known) are done and their offsets known
+        self.offsets = [0]
+        self.itemsize = np.dtype(plan.settings.dtype).itemsize
+        self.descriptor: int | None = None
+
+    def poll(self) -> None:
+        chunks = self.plan.chunks
+        while self.known < len(chunks) and self.waiting and self.known <= self.waiting[-1]:
+            marker = self.plan.done_marker(chunks[self.known])
+            if marker is None:
+                break
+            self.offsets.append(self.offsets[-1] + int(marker["tokens"]) * self.itemsize)
+            self.known += 1
+        ready = [i for i in self.waiting if i < self.known]
+        if not ready:
+            return
+        if self.descriptor is None:
+            self.descriptor = os.open(self.plan.parts_dir / MERGED_NAME, os.O_WRONLY | os.O_CREAT, 0o644)
+        for index in ready:
+            _copy_chunk(self.plan, chunks[index], self.descriptor, self.offsets[index])
+        self.waiting = [i for i in self.waiting if i >= self.known]
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
+
+
 def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers: int,
-                  counters: _Counters, total: ChunkStats) -> None:
+                  counters: _Counters, total: ChunkStats, copier: _Copier) -> None:
     import multiprocessing
 
     _WORKER.update(plan=plan, tok=tok, counters=counters)
@@ -413,18 +480,17 @@ def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     context = multiprocessing.get_context("fork")
     failure = None
-    # Largest first so the last chunks to finish are small ones.
-    order = sorted(pending, key=lambda c: -(c.size if c.end >= 0 else _file_size(plan, c.path)))
-    largest = order[0].size if order[0].end >= 0 else _file_size(plan, order[0].path)
+    largest = max(c.size if c.end >= 0 else _file_size(plan, c.path) for c in pending)
     # gigatoken's pre-token cache only grows; a worker is replaced by a fresh
     # fork of this process after about RECYCLE_BYTES of input, bounding it.
     with context.Pool(workers, maxtasksperchild=max(1, RECYCLE_BYTES // max(largest, 1))) as pool:
-        for _, result in pool.imap_unordered(_work_in_child, order):
+        for _, result in pool.imap_unordered(_work_in_child, pending):
             if isinstance(result, str):
                 failure = result
                 pool.terminate()
                 break
             _add(total, result)
+            copier.poll()
     _WORKER.clear()
     if failure:
         raise PreprocessError(failure)
@@ -508,21 +574,82 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
-    """Join every chunk's pair, in input order, into the output; remove the parts."""
-    started = time.perf_counter()
+def _chunk_offsets(plan: Plan) -> tuple[list[dict], list[int]]:
+    """Every chunk's marker, and the byte offset of its tokens in the merged ``.bin``."""
     missing = [c for c in plan.chunks if not plan.is_done(c)]
     if missing:
         raise PreprocessError(
             f"{plan.parts_dir}: {len(missing)} of {len(plan.chunks)} chunk(s) not done "
             f"(first: {missing[0].path}); rerun data.preprocess to finish them"
         )
+    if not (plan.parts_dir / MERGED_NAME).exists():  # copies made into a file that is gone count for nothing
+        for chunk in plan.chunks:
+            copied_path(plan.chunk_prefix(chunk)).unlink(missing_ok=True)
+    markers = [json.loads(marker_path(plan.chunk_prefix(c)).read_text(encoding="utf-8")) for c in plan.chunks]
+    itemsize = np.dtype(plan.settings.dtype).itemsize
+    offsets = [0]
+    for marker in markers:
+        offsets.append(offsets[-1] + int(marker["tokens"]) * itemsize)
+    return markers, offsets
+
+
+def copy_share(plan: Plan, *, rank: int = 0, ranks: int = 1) -> int:
+    """Copy this rank's chunks into the merged ``.bin`` at their offsets; returns how many it copied.
+
+    Every rank of a Slurm job copies the chunks it tokenized, in parallel
+    (disjoint byte ranges of one file, flushed by the rank that wrote them),
+    so the serial part of the merge is only the index. Chunks copied by an
+    earlier attempt are skipped. Nothing is flushed to disk here (see merge).
+    """
+    _, offsets = _chunk_offsets(plan)
+    mine = [c for c in plan.assignment(rank, ranks) if not copied_path(plan.chunk_prefix(c)).exists()]
+    if not mine:
+        return 0
+    descriptor = os.open(plan.parts_dir / MERGED_NAME, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for chunk in mine:
+            _copy_chunk(plan, chunk, descriptor, offsets[chunk.index])
+    finally:
+        os.close(descriptor)
+    return len(mine)
+
+
+def _copy_chunk(plan: Plan, chunk: Chunk, descriptor: int, offset: int) -> None:
+    """The chunk's tokens into the merged file; then its .bin goes (the data is not kept twice on disk)."""
+    prefix = plan.chunk_prefix(chunk)
+    indexed.copy_into(indexed.bin_path(prefix), descriptor, offset)
+    copied_path(prefix).touch()
+    indexed.bin_path(prefix).unlink()
+
+
+def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
+    """Join every chunk's pair, in input order, into the output; remove the parts.
+
+    The tokens go into one file at offsets known from the chunks' markers
+    (what :func:`copy_share` has not copied yet is copied here), then the
+    index is written from the chunks' sequence lengths and both are renamed
+    into place, the index last. Not flushed to disk first (as Megatron's
+    tools do not): that cost a second per GB here, the output can be made
+    again from its inputs, the renames keep a crash of this job from
+    leaving a half-written output, and ``data.verify`` checks a pair.
+    """
+    started = time.perf_counter()
+    markers, offsets = _chunk_offsets(plan)
+    copy_share(plan)
+    merged = plan.parts_dir / MERGED_NAME
     output = Path(plan.settings.output)
+    dtype = np.dtype(plan.settings.dtype)
+    merged.touch()  # an input without documents copies nothing
+    os.truncate(merged, offsets[-1])
+    lengths = [indexed.sequence_lengths(plan.chunk_prefix(c)) for c in plan.chunks]
+    lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
+    index = plan.parts_dir / "merged.idx"
+    index.write_bytes(indexed.index_bytes(dtype, lengths_all, np.arange(len(lengths_all) + 1, dtype=np.int64)))
+    os.replace(merged, indexed.bin_path(output))
+    os.replace(index, indexed.idx_path(output))
     total = ChunkStats()
-    for chunk in plan.chunks:
-        marker = json.loads(marker_path(plan.chunk_prefix(chunk)).read_text(encoding="utf-8"))
+    for marker in markers:
         _add(total, ChunkStats(**marker))
-    indexed.merge_datasets([plan.chunk_prefix(c) for c in plan.chunks], output, np.dtype(plan.settings.dtype))
     summary = Summary(
         output=str(output),
         documents=total.documents,
@@ -603,6 +730,27 @@ def run(plan: Plan, *, workers: int = 0, progress: Progress | None = None,
     return merge(plan, result=result if result.chunks_done else None)
 
 
+def finish_rank(plan: Plan, result: WorkResult, *, rank: int, ranks: int, job: str) -> Summary | None:
+    """Record this rank of job ``job`` as finished; the last one to finish merges (and returns the Summary).
+
+    So the whole parallel job is one Slurm step: no merge step to start
+    once every task is done. The last rank to create its flag sees all of
+    them; an exclusive claim file keeps two ranks that finish at the same
+    moment from both merging. A rank that fails never flags, nobody
+    merges, and the job fails; a rerun resumes.
+    """
+    flags = plan.parts_dir / f"finished-{job}"
+    flags.mkdir(exist_ok=True)
+    (flags / str(rank)).touch()
+    if sum(1 for p in flags.iterdir() if p.name.isdigit()) < ranks:
+        return None
+    try:
+        os.close(os.open(flags / "merging", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return None
+    return merge(plan, result=result)
+
+
 def slurm_rank() -> tuple[int, int]:
     """This task's rank and the number of ranks from Slurm (0 of 1 outside a job)."""
     def number(name: str, default: int) -> int:
@@ -610,6 +758,12 @@ def slurm_rank() -> tuple[int, int]:
         return int(value) if value.isdigit() else default
 
     return number("SLURM_PROCID", 0), number("SLURM_NTASKS", 1)
+
+
+def slurm_job() -> str:
+    """This Slurm job's id (its array task's too), or ``here`` outside a job."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    return f"{job}.{os.environ['SLURM_ARRAY_TASK_ID']}" if job and "SLURM_ARRAY_TASK_ID" in os.environ else job or "here"
 
 
 def describe_assignment(plan: Plan, ranks: int) -> Iterable[str]:

@@ -110,7 +110,8 @@ class TextTokenizer:
         )
         return ids, offsets
 
-    def encode_jsonl(self, data: bytes, text_key: str, lines: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    def encode_jsonl(self, data: bytes, text_key: str, lines: int | None = None,
+                     parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Parse and encode JSON lines in one pass inside gigatoken; None where that cannot be trusted.
 
         gigatoken's JSONL reader is several times faster than parsing in
@@ -118,7 +119,8 @@ class TextTokenizer:
         empty texts. So its answer is taken only when it has one non-empty
         document per line; otherwise (None) the caller parses the lines itself
         and reports each bad one. Linux only (an in-memory file holds the bytes).
-        ``lines``: the number of lines in ``data``, where the caller counted them.
+        ``lines``: the number of lines in ``data``, where the caller counted them;
+        ``parallel``: gigatoken's (None: threads except in a forked worker).
         """
         if self.backend != "gigatoken" or not hasattr(os, "memfd_create") or not data:
             return None
@@ -131,7 +133,7 @@ class TextTokenizer:
             written += os.pwrite(descriptor, view[written:], written)
         os.ftruncate(descriptor, len(view))
         source = gigatoken.JsonlFileSource([f"/proc/self/fd/{descriptor}"], field=text_key)
-        layout = self._impl.encode_files(source).layout
+        layout = self._impl.encode_files(source, parallel=parallel).layout
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
         if lines is None:
             lines = bytes(data).count(b"\n") + (0 if bytes(data[-1:]) == b"\n" else 1)
