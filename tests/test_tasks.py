@@ -63,3 +63,20 @@ def test_tasks_package_and_root_module_agree() -> None:
 
     assert tasks.config.ns.name is None or tasks.config.ns.name == "config"
     assert "show" in tasks.config.ns.task_names
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path) -> None:
+    """A login node's venv without the data extra: the task says which extra, no traceback."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoNumpy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'numpy':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _NoNumpy())\n"
+    )
+    result = run_invoke("data.inspect", env={"PYTHONPATH": str(tmp_path)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: numpy (of the 'data' extra) is missing from this Python")
+    assert lines[0].endswith(f"pip install -e '{REPO_ROOT}[data]'")
