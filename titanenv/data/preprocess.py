@@ -11,9 +11,13 @@ A run has three steps, each usable on its own so a Slurm job can spread them:
    numbered pair ``chunk-NNNNNN.bin/.idx`` written under temporary names and
    renamed when complete, then a ``.done`` marker with its counts; chunks
    that have a marker are skipped.
-3. :func:`merge` joins the chunk pairs in input order into ``PREFIX.bin`` +
-   ``PREFIX.idx`` (temporary names, then renamed), writes
-   ``PREFIX.summary.json`` and removes the parts.
+   As soon as every chunk before one is done, its offset in the output is
+   known: its tokens are copied into ``PREFIX.parts/merged.bin`` and its
+   ``.bin`` removed, while the other chunks are still being tokenized.
+3. :func:`merge` copies what is left, writes ``PREFIX.idx`` from the
+   chunks' indexes, renames both into place (the index last), writes
+   ``PREFIX.summary.json`` and removes the parts. In a Slurm job the rank
+   that finishes last merges (:func:`finish_rank`).
 
 The result is byte-identical to Megatron-LM's ``tools/preprocess_data.py
 --append-eod`` (one sequence per document) whatever the number of chunks,
@@ -183,7 +187,7 @@ def marker_path(prefix: Path) -> Path:
 
 
 def copied_path(prefix: Path) -> Path:
-    """Marker: the chunk's tokens are in the merged file (see :func:`copy_share`)."""
+    """Marker: the chunk's tokens are in the merged file (see :class:`_Copier`)."""
     return prefix.with_name(prefix.name + ".copied")
 
 
@@ -435,8 +439,7 @@ class _Copier:
     A chunk's offset in the merged ``.bin`` is the size of all chunks before
     it; as tokenizing goes on in input order that becomes known for more and
     more chunks, and copying them then (in the parent, while the workers
-    tokenize) leaves little for the merge. What is left, :func:`copy_share`
-    and :func:`merge` copy.
+    tokenize) leaves little for the merge, which copies the rest.
     """
 
     def __init__(self, plan: Plan, mine: list[Chunk]):
@@ -576,16 +579,13 @@ def _size(n: int) -> str:
 
 def _chunk_offsets(plan: Plan) -> tuple[list[dict], list[int]]:
     """Every chunk's marker, and the byte offset of its tokens in the merged ``.bin``."""
-    missing = [c for c in plan.chunks if not plan.is_done(c)]
+    markers = [plan.done_marker(c) for c in plan.chunks]
+    missing = [c for c, marker in zip(plan.chunks, markers) if marker is None]
     if missing:
         raise PreprocessError(
             f"{plan.parts_dir}: {len(missing)} of {len(plan.chunks)} chunk(s) not done "
             f"(first: {missing[0].path}); rerun data.preprocess to finish them"
         )
-    if not (plan.parts_dir / MERGED_NAME).exists():  # copies made into a file that is gone count for nothing
-        for chunk in plan.chunks:
-            copied_path(plan.chunk_prefix(chunk)).unlink(missing_ok=True)
-    markers = [json.loads(marker_path(plan.chunk_prefix(c)).read_text(encoding="utf-8")) for c in plan.chunks]
     itemsize = np.dtype(plan.settings.dtype).itemsize
     offsets = [0]
     for marker in markers:
@@ -593,25 +593,19 @@ def _chunk_offsets(plan: Plan) -> tuple[list[dict], list[int]]:
     return markers, offsets
 
 
-def copy_share(plan: Plan, *, rank: int = 0, ranks: int = 1) -> int:
-    """Copy this rank's chunks into the merged ``.bin`` at their offsets; returns how many it copied.
-
-    Every rank of a Slurm job copies the chunks it tokenized, in parallel
-    (disjoint byte ranges of one file, flushed by the rank that wrote them),
-    so the serial part of the merge is only the index. Chunks copied by an
-    earlier attempt are skipped. Nothing is flushed to disk here (see merge).
-    """
-    _, offsets = _chunk_offsets(plan)
-    mine = [c for c in plan.assignment(rank, ranks) if not copied_path(plan.chunk_prefix(c)).exists()]
-    if not mine:
-        return 0
-    descriptor = os.open(plan.parts_dir / MERGED_NAME, os.O_WRONLY | os.O_CREAT, 0o644)
+def _copy_rest(plan: Plan, offsets: list[int]) -> None:
+    """Copy the chunks that are not in the merged ``.bin`` yet (the last ones to finish, mostly)."""
+    merged = plan.parts_dir / MERGED_NAME
+    if not merged.exists():  # copies made into a file that is gone count for nothing
+        for chunk in plan.chunks:
+            copied_path(plan.chunk_prefix(chunk)).unlink(missing_ok=True)
+    rest = [c for c in plan.chunks if not copied_path(plan.chunk_prefix(c)).exists()]
+    descriptor = os.open(merged, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        for chunk in mine:
+        for chunk in rest:
             _copy_chunk(plan, chunk, descriptor, offsets[chunk.index])
     finally:
         os.close(descriptor)
-    return len(mine)
 
 
 def _copy_chunk(plan: Plan, chunk: Chunk, descriptor: int, offset: int) -> None:
@@ -626,7 +620,7 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """Join every chunk's pair, in input order, into the output; remove the parts.
 
     The tokens go into one file at offsets known from the chunks' markers
-    (what :func:`copy_share` has not copied yet is copied here), then the
+    (what the workers' copier has not copied yet is copied here), then the
     index is written from the chunks' sequence lengths and both are renamed
     into place, the index last. Not flushed to disk first (as Megatron's
     tools do not): that cost a second per GB here, the output can be made
@@ -635,11 +629,10 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """
     started = time.perf_counter()
     markers, offsets = _chunk_offsets(plan)
-    copy_share(plan)
+    _copy_rest(plan, offsets)  # also creates the file where no chunk holds a document
     merged = plan.parts_dir / MERGED_NAME
     output = Path(plan.settings.output)
     dtype = np.dtype(plan.settings.dtype)
-    merged.touch()  # an input without documents copies nothing
     os.truncate(merged, offsets[-1])
     lengths = [indexed.sequence_lengths(plan.chunk_prefix(c)) for c in plan.chunks]
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)

@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[ENV_VAR] = str(toml)
     try:
         args = command_line(toml, argv[1:])
+        if check:
+            _check(toml, argv[1:])
+            return 0
     except TitanEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if check:
-        return _check(toml, argv[1:])
     from titanenv.train import cpu
 
     if cpu.needed():
@@ -53,20 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _check(toml: Path, extra: list[str]) -> int:
-    from titanenv.errors import TitanEnvError
+def _check(toml: Path, extra: list[str]) -> None:
+    """Parse the options with TorchTitan only; raises TrainError if it refuses them."""
     from titanenv.train.job import Prepared, validate_with_torchtitan
     from titanenv.train.jobconfig import read
 
-    job = read(toml)
     # The dump folder travels in ``extra`` (--dump_folder ...), as torchrun passes it.
-    prepared = Prepared(job=job, name=toml.stem, dump_folder=Path("."), text="", extra=extra)
-    try:
-        validate_with_torchtitan(prepared, toml)
-    except TitanEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    prepared = Prepared(job=read(toml), name=toml.stem, dump_folder=Path("."), text="", extra=extra)
+    validate_with_torchtitan(prepared, toml)
 
 
 if __name__ == "__main__":
