@@ -141,3 +141,26 @@ def test_without_torch_here_the_job_environment_checks_the_toml(dataset: Path, t
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "cannot check it with TorchTitan: this Python" in lines[0] and "lacks torch" in lines[0], lines[0]
     assert "run env.setup there" in lines[0]
+
+
+@pytest.mark.slurm
+def test_a_resubmission_and_a_chain_go_on_from_the_latest_checkpoint(dataset: Path, slurm_env: LocalSlurm) -> None:
+    common = ["--name", "resubmitted", "--time", "00:10:00", "--dataset", str(dataset), "--batch-size", "2",
+              "--partition", "debug", "--checkpoint-interval", "2"]
+
+    def run_to_end(*args: str) -> list[str]:
+        ids = submitted_ids(ok("train.submit", *common, *args).stdout)
+        waited = run_invoke("jobs.wait", "--job", ",".join(ids), "--interval", "0.5", timeout=600)
+        logs = [run_invoke("jobs.logs", "--job", i, "--err").stdout + run_invoke("jobs.logs", "--job", i).stdout
+                for i in ids]
+        assert waited.returncode == 0, "".join(logs)[-4000:]
+        return logs
+
+    (first,) = run_to_end("--steps", "4")
+    assert sorted(losses(first)) == [1, 2, 3, 4]
+    # Submitted again with more steps: it resumes at step 5. The second link of
+    # the chain finds the run finished and starts after its last checkpoint.
+    link1, link2 = run_to_end("--steps", "6", "--chain", "2")
+    assert "Training starts at step 5" in link1 and sorted(losses(link1)) == [5, 6], link1[-3000:]
+    assert "Training starts at step 7" in link2 and losses(link2) == {}, link2[-3000:]
+    assert all(math.isfinite(v) for v in losses(link1).values())
