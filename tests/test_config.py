@@ -116,13 +116,16 @@ def test_jsc_facts_live_in_the_shared_base_once() -> None:
         assert config.machine_chain == ("jsc", machine)
         assert config.settings.cluster.account == "trustllm-eu"
         assert config.origin("cluster.account") == f"machines/jsc.yaml:{line_of(jsc, 'account:')}"
-        assert config.settings.cluster.network.master_host_suffix == "i"
+        # The original added the InfiniBand `i` suffix on JUWELS and JURECA, not on JUPITER.
+        assert config.settings.cluster.network.master_host_suffix == ("" if machine == "jpb" else "i")
+        assert config.settings.cluster.launcher == "torchrun_jsc"
         assert config.settings.cluster.network.env == {"GLOO_SOCKET_IFNAME": "ib0", "NCCL_IB_TIMEOUT": "20"}
         assert config.settings.cluster.modules.load == ["Stages/2025", "GCC"]
         assert config.settings.cluster.container_runtime == "apptainer"
     for other in ("jwb.yaml", "jwc.yaml", "jrc.yaml", "jpb.yaml"):
         text = (REPO_ROOT / "machines" / other).read_text()
-        for fact in ("account:", "project_root:", "GLOO_SOCKET_IFNAME", "master_host_suffix", "Stages/2025"):
+        facts = ("account:", "project_root:", "GLOO_SOCKET_IFNAME", "launcher:", "Stages/2025")
+        for fact in facts + (() if other == "jpb.yaml" else ("master_host_suffix",)):
             assert fact not in text, f"{other} repeats {fact} from jsc.yaml"
 
 

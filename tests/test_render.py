@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -123,6 +124,35 @@ def test_jsc_training_script_sets_network_and_modules() -> None:
     assert "module load Stages/2025\nmodule load GCC\nmodule try-load Apptainer-Tools" in script
     assert "--rdzv_backend=c10d" in script
     assert "--nproc_per_node=4" in script
+
+
+# Each machine's launch line, as the original environment had it: torchrun_jsc
+# at JSC, the InfiniBand `i` suffix on JUWELS and JURECA but not on JUPITER.
+LAUNCH_LINES = {
+    "local": ("torch.distributed.run", False),
+    "jwb": ("torchrun_jsc", True),
+    "jwc": ("torchrun_jsc", True),
+    "jrc": ("torchrun_jsc", True),
+    "jpb": ("torchrun_jsc", False),
+    "mn5a": ("torch.distributed.run", False),
+}
+
+
+@pytest.mark.parametrize("machine", sorted(LAUNCH_LINES))
+def test_each_machine_renders_its_launcher_and_rendezvous_host(machine: str) -> None:
+    module, suffix = LAUNCH_LINES[machine]
+    config = load_config(REPO_ROOT, flags={"machine": machine}, environ={})
+    script = sbatch.train_script(config, run_dir=Path("/r"), command=["x"])
+    srun = script[script.index("srun "):]
+    words = shlex.split(srun.replace("\\\n", " "))
+    at = words.index("-m")
+    assert words[at - 2:at + 2] == [words[at - 2], "-u", "-m", module]
+    assert words[at - 2].endswith("python")
+    assert ('MASTER_ADDR="$MASTER_ADDR"i' in script) is suffix
+
+
+def test_every_machine_has_a_launch_line_expectation() -> None:
+    assert sorted(LAUNCH_LINES) == sorted(known_machines(REPO_ROOT))
 
 
 def test_hostile_values_reach_the_command_exactly(tmp_path: Path) -> None:

@@ -1,10 +1,37 @@
-"""How a job step runs this project's Python on a machine: in its container or its venv."""
+"""How a job step runs on a machine: its environment, container prefix, Python and launcher.
+
+The one home of job-step facts. :mod:`titanenv.sbatch` renders scripts from
+these and the tasks run them here; nothing in this module imports either.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from titanenv.config import Config
+from titanenv.config import Config, HF_OFFLINE_ENVIRONMENT, cache_environment
+from titanenv.config.paths import torch_cuda_arch_list
+
+# Python module of each launcher a machine profile may name (cluster.launcher).
+LAUNCHER_MODULES = {
+    # PyTorch's own torchrun.
+    "torchrun": "torch.distributed.run",
+    # torchrun with JSC's fixes for rendezvous host names (JSC's torchrun_jsc,
+    # as the original environment launched it there).
+    "torchrun_jsc": "torchrun_jsc",
+}
+
+
+def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
+    """Variables every job exports: caches into scratch, HF offline, CUDA archs, network."""
+    cluster = config.settings.cluster
+    env = dict(cache_environment(config.paths.cache_dir))
+    env.update(HF_OFFLINE_ENVIRONMENT)
+    if cluster.cuda_compute_capabilities:
+        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, cluster.cuda_compute_capabilities)
+    if training:
+        env.update(cluster.network.env)
+        env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    return list(env.items())
 
 
 def job_launcher(config: Config) -> list[str]:
@@ -18,7 +45,6 @@ def job_launcher(config: Config) -> list[str]:
     if config.settings.cluster.container_runtime == "none":
         return []
     from titanenv.container import job_exec_prefix
-    from titanenv.sbatch import job_environment
 
     names = [name for name, _ in job_environment(config, training=True)]
     return job_exec_prefix(config, names)
@@ -36,3 +62,9 @@ def job_python(config: Config) -> str:
     if config.machine == "local":
         return sys.executable
     return str(config.paths.venv_dir / "bin" / "python")
+
+
+def torchrun(config: Config, python: str | None = None) -> list[str]:
+    """The machine's distributed launcher (``cluster.launcher``), unbuffered: its options follow."""
+    module = LAUNCHER_MODULES[config.settings.cluster.launcher]
+    return [python or job_python(config), "-u", "-m", module]

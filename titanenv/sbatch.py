@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from titanenv.config import Config, HF_OFFLINE_ENVIRONMENT, cache_environment
-from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.config import Config
 from titanenv.config.schema import PARTITION_KINDS, PartitionSpec
 from titanenv.errors import ConfigError, RenderError
+from titanenv.launch import job_environment, job_launcher
+from titanenv.launch import torchrun as launch_torchrun
 
 TEMPLATES_DIR = "sbatch_templates"
 TEMPLATES = ("preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
@@ -169,19 +170,6 @@ def resources_for(
     )
 
 
-def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
-    """Variables every job exports: caches into scratch, HF offline, CUDA archs, network."""
-    cluster = config.settings.cluster
-    env = dict(cache_environment(config.paths.cache_dir))
-    env.update(HF_OFFLINE_ENVIRONMENT)
-    if cluster.cuda_compute_capabilities:
-        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, cluster.cuda_compute_capabilities)
-    if training:
-        env.update(cluster.network.env)
-        env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
-    return list(env.items())
-
-
 def _template_dirs(config: Config) -> list[Path]:
     root = config.repo_root / TEMPLATES_DIR
     dirs = [root / name for name in reversed(config.machine_chain)]
@@ -237,8 +225,6 @@ def _render_job(
     config: Config, template: str, *, title: str, task: str, resources: JobResources, run_dir: Path,
     training: bool, **context: Any,
 ) -> str:
-    from titanenv.launch import job_launcher
-
     return render(
         config,
         template,
@@ -296,12 +282,12 @@ def train_script(
     dependency: str = "",
     nproc_per_node: int = 0,
 ) -> str:
-    """One task per node running torchrun with c10d rendezvous on the first node."""
+    """One task per node running the machine's launcher with c10d rendezvous on the first node."""
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
     return _render_job(
         config, "train.sbatch.j2", title="Train with TorchTitan", task=task, resources=resources,
-        run_dir=run_dir, training=True, command=command, torchrun=torchrun or ["torchrun"],
+        run_dir=run_dir, training=True, command=command, torchrun=torchrun or launch_torchrun(config),
         # One process per GPU; CPU-only machines run one per node unless told.
         nproc_per_node=nproc_per_node or cluster.gpus_per_node or 1,
     )

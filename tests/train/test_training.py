@@ -67,11 +67,17 @@ def test_two_processes_with_gloo(dataset: Path) -> None:
 
 
 @pytest.mark.slurm
-def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_env: LocalSlurm) -> None:
+@pytest.mark.parametrize(("launcher", "module"), [("torchrun", "torch.distributed.run"),
+                                                  ("torchrun_jsc", "torchrun_jsc")])
+def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_env: LocalSlurm, launcher: str,
+                                                          module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each launcher a machine profile can name (cluster.launcher), in a real job.
+    monkeypatch.setenv("INVOKE_CLUSTER_LAUNCHER", launcher)
     dry = ok("train.submit", "--dataset", str(dataset), "--steps", "3", "--procs-per-node", "2", "--dry")
     assert "--nproc_per_node=2" in dry.stdout and "# torchtitan: torchtitan.train --module titanenv.train.registry" in dry.stdout
-    submitted = ok("train.submit", "--name", "slurm", "--time", "00:10:00", "--dataset", str(dataset), "--steps", "3",
-                   "--procs-per-node", "2", "--batch-size", "2", "--partition", "debug")
+    assert f" -u -m {module} " in dry.stdout
+    submitted = ok("train.submit", "--name", f"slurm-{launcher}", "--time", "00:10:00", "--dataset", str(dataset),
+                   "--steps", "3", "--procs-per-node", "2", "--batch-size", "2", "--partition", "debug")
     (job_id,) = submitted_ids(submitted.stdout)
     waited = run_invoke("jobs.wait", "--job", job_id, "--interval", "0.5", timeout=600)
     log = run_invoke("jobs.logs", "--job", job_id, "--err").stdout + run_invoke("jobs.logs", "--job", job_id).stdout

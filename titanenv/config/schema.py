@@ -26,6 +26,7 @@ from pydantic import (
 CpuArch = Literal["x86_64", "aarch64"]
 Runtime = Literal["apptainer", "singularity", "docker", "podman", "none"]
 PartitionKind = Literal["debug", "normal", "large"]
+Launcher = Literal["torchrun", "torchrun_jsc"]
 PARTITION_KINDS: tuple[str, ...] = ("debug", "normal", "large")
 
 # Slurm's accepted time-limit forms (sbatch(1), --time).
@@ -127,6 +128,7 @@ class Cluster(Model):
     network: Network
     container_runtime: Runtime
     container_binary: StrictStr
+    launcher: Launcher = Field(description="distributed launcher of training jobs: torchrun or torchrun_jsc")
     sbatch_options: dict[StrictStr, EnvValue] = Field(
         default={}, description="extra #SBATCH options for every job on this machine"
     )

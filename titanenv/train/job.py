@@ -229,7 +229,6 @@ def _quote(word: str) -> str:
 def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = print):
     """Render the machine's training script and submit it (a chain of jobs resuming each other)."""
     from titanenv import sbatch, slurm
-    from titanenv.launch import job_python
     from titanenv.runs import new_run
 
     prepared = prepare(config, request)
@@ -237,10 +236,8 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     # Beside the run directory: submission creates that directory itself, and
     # the job must find the TOML the moment it starts.
     toml = run.path.with_name(f"{run.path.name}.{RESOLVED_NAME}")
-    python = job_python(config)
     script = sbatch.train_script(
         config, run_dir=run.path, command=train_args(prepared, toml),
-        torchrun=[python, "-m", "torch.distributed.run"],
         nproc_per_node=config.settings.train.procs_per_node,
     )
     if request.dry:
