@@ -37,6 +37,8 @@ from titanenv.errors import TitanEnvError
 
 RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
+# What each job ran with, written by the job itself at its start: ran-<job id>.json.
+RAN_PREFIX = "ran"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _STAMP_FORMAT = "%Y%m%d-%H%M%S"
 
@@ -272,12 +274,48 @@ def write_record(config: Config, run: Run, *, job_ids: list[str], script: str | 
         "git": (git or GitProbe(config.repo_root)).result(),
         "user": config.user,
         "host": socket.gethostname(),
+        "container": _container_entry(config),
         "extra": dict(extra or {}),
         "config": as_data(config),
     }
     path = run.path / RECORD_NAME
     write_json_atomic(path, record)
     return path
+
+
+def ran_path(run_dir: Path, job_id: str | None) -> Path:
+    """Where a job writes what it ran with (``titanenv.train.provenance``): one file per job."""
+    return run_dir / (f"{RAN_PREFIX}-{job_id}.json" if job_id else f"{RAN_PREFIX}.json")
+
+
+def read_ran(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The ``ran*.json`` files of a run directory by job id (``""`` for train.run); unreadable ones say why."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(run_dir.glob(f"{RAN_PREFIX}*.json")):
+        key = path.stem.removeprefix(RAN_PREFIX).removeprefix("-")
+        try:
+            found[key] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            found[key] = {"error": f"{path}: {exc}"}
+    return found
+
+
+def _container_entry(config: Config) -> dict[str, Any]:
+    """The active container at submission, with the digest its build recorded.
+
+    Each job also records the image it really ran in (``ran-<job>.json``):
+    a container activated between submission and start shows there.
+    """
+    from titanenv import container
+
+    runtime = config.settings.cluster.container_runtime
+    if not container.uses_container(config):
+        return {"runtime": runtime}
+    try:
+        state = container.images(config, echo=lambda _: None).slot_state("active")
+    except (TitanEnvError, OSError) as exc:
+        return {"runtime": runtime, "error": str(exc)}
+    return {"runtime": runtime, "image": state.location, "present": state.present, "digest": state.digest or None}
 
 
 # --- reading records --------------------------------------------------------------
@@ -310,6 +348,11 @@ class RunRecord:
     def script_path(self) -> Path | None:
         script = self.data.get("script") or {}
         return self.run_dir / script["file"] if script.get("file") else None
+
+    @property
+    def ran(self) -> dict[str, dict[str, Any]]:
+        """What each job ran with (``ran-<job>.json``, by job id), as the jobs recorded it at their start."""
+        return read_ran(self.run_dir)
 
     @property
     def git_label(self) -> str:

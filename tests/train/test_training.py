@@ -83,6 +83,33 @@ def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_e
     log = run_invoke("jobs.logs", "--job", job_id, "--err").stdout + run_invoke("jobs.logs", "--job", job_id).stdout
     assert waited.returncode == 0, log[-4000:]
     assert sorted(losses(log)) == [1, 2, 3]
+    _assert_what_ran_is_recorded(submitted.stdout, job_id, log)
+
+
+def _assert_what_ran_is_recorded(submitted: str, job_id: str, log: str) -> None:
+    """Rank 0 printed and kept versions, container, commits and TorchTitan's resolved configuration."""
+    import json
+    import platform
+
+    import torch
+
+    from titanenv.runs import read_record
+
+    run_dir = Path(next(line for line in submitted.splitlines() if line.startswith("submitted job ")).split(": ", 1)[1]).parent
+    record = read_record(run_dir / "run.json")
+    assert record.data["container"] == {"runtime": "none"}
+    ran = record.ran[job_id]
+    assert ran["slurm_job_id"] == job_id and ran["world_size"] == 2
+    assert ran["torch"]["version"] == torch.__version__ and ran["cpu_arch"] == platform.machine()
+    assert ran["torchtitan"]["version"] == "0.3.0"
+    assert ran["python"]["version"] == platform.python_version()
+    assert ran["titanenv"]["commit"] == record.data["git"]["commit"]
+    config = ran["torchtitan_config"]
+    assert config["training"]["steps"] == 3 and config["training"]["local_batch_size"] == 2
+    assert config["dump_folder"] == record.data["extra"]["train"]["dump_folder"]
+    assert f"titanenv: torch {torch.__version__} (CUDA -, NCCL -, 0 GPU(s))" in log
+    assert '"steps": 3' in next(line for line in log.splitlines() if "titanenv: config training:" in line)
+    assert json.loads((run_dir / f"ran-{job_id}.json").read_text()) == ran
 
 
 def _bad_toml(tmp_path: Path, name: str, old: str, new: str) -> Path:

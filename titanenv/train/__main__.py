@@ -47,11 +47,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if cpu.needed():
         cpu.apply()
+    if os.environ.get("RANK", "0") == "0":
+        _record_what_runs(toml, args)
     import torchtitan.train
 
     sys.argv = ["torchtitan.train", *args]
     torchtitan.train.main()
     return 0
+
+
+def _record_what_runs(toml: Path, args: list[str]) -> None:
+    """Print and keep versions, container, commits and TorchTitan's resolved configuration (rank 0)."""
+    import json
+
+    from torchtitan.config import ConfigManager
+
+    from titanenv.train import provenance
+
+    resolved = json.loads(json.dumps(ConfigManager().parse_args(args).to_dict(), default=str))
+    provenance.record(toml, resolved, echo=lambda line: print(line, flush=True))
 
 
 def _check(toml: Path, extra: list[str]) -> None:
