@@ -378,20 +378,68 @@ def _record_paths(runs_dir: Path, name: str | None) -> Iterator[Path]:
     return runs_dir.glob(pattern)
 
 
-def list_runs(config: Config, name: str | None = None, *, limit: int | None = None) -> list[RunRecord]:
-    """Run records under ``runs_dir``, newest first; unreadable ones are skipped."""
-    records = []
+@dataclass(frozen=True)
+class BrokenRecord:
+    """A ``run.json`` that cannot be read (truncated, not JSON, unreadable): listed, never skipped."""
+
+    path: Path
+    problem: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+def scan_runs(config: Config, name: str | None = None) -> list[RunRecord | BrokenRecord]:
+    """Every run record under ``runs_dir`` (of task ``name``), newest first, unreadable ones included.
+
+    Run directories are named ``<UTC time>-<hex>`` when created, so their
+    names order readable and unreadable records alike (:func:`_age_key`).
+    """
+    entries: list[RunRecord | BrokenRecord] = []
     for path in _record_paths(config.paths.runs_dir, name):
         try:
-            records.append(read_record(path))
-        except RunError:
-            continue
-    records.sort(key=lambda r: (r.submitted, r.run_dir.name), reverse=True)
+            entries.append(read_record(path))
+        except RunError as exc:
+            entries.append(BrokenRecord(path, str(exc)))
+    entries.sort(key=_age_key, reverse=True)
+    return entries
+
+
+_RUN_DIR_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]+$")
+
+
+def _age_key(entry: RunRecord | BrokenRecord) -> tuple[str, str]:
+    """Creation order: the UTC time in the directory's name, else (renamed by hand) its mtime."""
+    name = entry.run_dir.name
+    if not _RUN_DIR_NAME.match(name):
+        try:
+            mtime = entry.run_dir.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        name = datetime.fromtimestamp(mtime, timezone.utc).strftime(_STAMP_FORMAT) + "-" + name
+    return name, str(entry.run_dir)
+
+
+def list_runs(config: Config, name: str | None = None, *, limit: int | None = None) -> list[RunRecord]:
+    """Readable run records under ``runs_dir``, newest first (:func:`scan_runs` also gives unreadable ones)."""
+    records = [entry for entry in scan_runs(config, name) if isinstance(entry, RunRecord)]
     return records[:limit] if limit else records
 
 
+def _refuse_broken(entry: BrokenRecord, wanted: str) -> RunError:
+    return RunError(
+        f"{entry.path}: the newest run record {wanted} cannot be read ({entry.problem.split(': ', 1)[-1]}); "
+        "refusing to act on an older run: repair or remove that run directory, or name a run directory or job"
+    )
+
+
 def find_run(config: Config, ref: str) -> RunRecord:
-    """A run by directory (absolute or under ``runs_dir``), by name (its latest run), or ``latest``."""
+    """A run by directory (absolute or under ``runs_dir``), by name (its latest run), or ``latest``.
+
+    When the latest record of that name cannot be read, this refuses rather
+    than fall back to an older run.
+    """
     runs_dir = config.paths.runs_dir
     candidate = Path(ref).expanduser()
     for directory in (candidate, runs_dir / ref):
@@ -400,17 +448,24 @@ def find_run(config: Config, ref: str) -> RunRecord:
         if directory.name == RECORD_NAME and directory.is_file():
             return read_record(directory)
     if ref == "latest" or _RUN_NAME.match(ref):
-        records = list_runs(config, None if ref == "latest" else ref, limit=1)
-        if records:
-            return records[0]
+        entries = scan_runs(config, None if ref == "latest" else ref)
+        if entries:
+            if isinstance(entries[0], BrokenRecord):
+                raise _refuse_broken(entries[0], f"({ref})")
+            return entries[0]
     raise RunError(f"no run {ref!r} under {runs_dir} (give a run directory, a run name such as train, or latest)")
 
 
 def latest_submitting_run(config: Config) -> RunRecord:
-    """The newest run that submitted Slurm jobs (runs done in place submit none)."""
-    for record in list_runs(config):
-        if record.job_ids:
-            return record
+    """The newest run that submitted Slurm jobs (runs done in place submit none).
+
+    An unreadable record newer than that run may have been the one meant: refused.
+    """
+    for entry in scan_runs(config):
+        if isinstance(entry, BrokenRecord):
+            raise _refuse_broken(entry, "(it may be the newest run that submitted jobs)")
+        if entry.job_ids:
+            return entry
     raise RunError(f"no run under {config.paths.runs_dir} submitted Slurm jobs; give --job ID or --run RUN")
 
 

@@ -13,7 +13,9 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 from titanenv.config import load_config
-from titanenv.runs import RunError, find_job, find_run, git_state, list_runs, new_run, write_record
+from titanenv.runs import (
+    BrokenRecord, RunError, find_job, find_run, git_state, list_runs, new_run, scan_runs, write_record,
+)
 
 
 @pytest.fixture
@@ -61,10 +63,14 @@ def test_runs_are_found_by_directory_name_latest_and_job(config) -> None:
     write_record(config, older, job_ids=["11"])
     newer = new_run(config, "train")
     write_record(config, newer, job_ids=["12", "13"])
-    (config.paths.runs_dir / "train" / "broken").mkdir()
-    (config.paths.runs_dir / "train" / "broken" / "run.json").write_text("{not json")
+    broken = config.paths.runs_dir / "train" / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("{not json")
+    os.utime(broken, (time.time() - 3600, time.time() - 3600))  # an old run, renamed by hand
 
     assert [r.run_dir for r in list_runs(config)] == [newer.path, older.path]
+    assert [e.run_dir for e in scan_runs(config)] == [newer.path, older.path, broken]
+    assert isinstance(scan_runs(config)[-1], BrokenRecord)
     assert find_run(config, "latest").run_dir == newer.path
     assert find_run(config, "preprocess").run_dir == older.path
     assert find_run(config, str(older.path)).run_dir == older.path
@@ -73,6 +79,29 @@ def test_runs_are_found_by_directory_name_latest_and_job(config) -> None:
     assert find_job(config, "14") is None
     with pytest.raises(RunError, match=r"^no run 'eval' under "):
         find_run(config, "eval")
+    # Once the unreadable record is the newest, nothing resolves past it.
+    os.utime(broken)
+    for ref in ("latest", "train"):
+        with pytest.raises(RunError, match=rf"^{broken}/run.json: the newest run record \({ref}\) cannot be read"):
+            find_run(config, ref)
+    assert find_run(config, "preprocess").run_dir == older.path
+
+
+def test_a_record_write_that_fails_leaves_the_old_record_and_no_temporary(config, monkeypatch) -> None:
+    run = new_run(config, "train")
+    path = write_record(config, run, job_ids=["1"])
+    before = path.read_text()
+
+    def rename_fails(source, target):
+        assert Path(source).read_text().startswith("{")  # the new record was written in full, elsewhere
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", rename_fails)
+    with pytest.raises(OSError):
+        write_record(config, run, job_ids=["1", "2"])
+    monkeypatch.undo()
+    assert path.read_text() == before
+    assert sorted(p.name for p in run.path.iterdir()) == ["run.json"]
 
 
 def git(repo: Path, *args: str) -> None:

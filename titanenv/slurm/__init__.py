@@ -84,6 +84,29 @@ def normalize_dependency(dependency: str) -> str:
     )
 
 
+def dependency_job_ids(dependency: str) -> list[str]:
+    """The job ids a normalized dependency names (``afterok:12:13,afterany:14+1`` -> 12, 13, 14)."""
+    ids = []
+    for item in re.split(r"[,?]", dependency):
+        ids += [part.split("+")[0] for part in item.split(":")[1:]]
+    return list(dict.fromkeys(ids))
+
+
+def _check_dependency_jobs(dependency: str, given: str) -> None:
+    """Refuse a dependency on a job Slurm does not know: sbatch would drop it and start at once."""
+    from titanenv.slurm.jobs import lookup
+
+    ids = dependency_job_ids(dependency)
+    if not ids:
+        return
+    unknown = [job.job_id for job in lookup(ids).jobs if job.source == "none"]
+    if unknown:
+        raise SubmitError(
+            f"--dependency {given!r}: job {unknown[0]} is unknown to Slurm here (not queued, not running, and "
+            "not in its accounting or completion log); nothing was submitted"
+        )
+
+
 def _sbatch_options(dependency: str | None) -> list[str]:
     if not dependency:
         return []
@@ -131,6 +154,8 @@ def submit(config: Config, run: Run, script: str, *, dry: bool = False, chain: i
         return Submission(job_ids=[], script_path=None, record_path=None)
 
     require("sbatch")
+    if first_dependency:
+        _check_dependency_jobs(first_dependency, dependency or "")
     created = _create_dir(run.path)
     submitted: list[str] = []
     # The repository's state for the record, found while sbatch runs.

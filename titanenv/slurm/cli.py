@@ -224,7 +224,10 @@ def scontrol_job(job_id: str) -> dict[str, str] | None:
                                 hint=_hint(result.stderr))
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     # A job array prints one line per task; the first is the job itself.
-    return parse_scontrol(lines[0]) if lines else None
+    fields = parse_scontrol(lines[0]) if lines else None
+    if fields is not None and fields.get("JobId") != job_id.split("_")[0]:
+        return None  # another job's answer (scontrol reads 0 as "all jobs")
+    return fields
 
 
 # --- sacct ----------------------------------------------------------------------------

@@ -356,7 +356,9 @@ def _failure_message(job: Job, count: int) -> str:
         paths = log_paths(job.job_id)
     except SlurmError:
         paths = None
-    if paths and paths.stderr:
+    if paths and paths.stderr and not paths.stderr.parent.is_dir():
+        message += f" (its run directory {paths.stderr.parent} no longer exists)"
+    elif paths and paths.stderr:
         last = last_error_line(paths.stderr)
         if last:
             message += f": {last}"
@@ -390,6 +392,9 @@ def cancel(job_ids: Sequence[str], *, settle: float = 10.0) -> list[Job]:
     Running jobs pass through COMPLETING while their processes are killed;
     this waits up to ``settle`` seconds for that, then reports what it sees.
     """
+    unknown = [job.job_id for job in lookup(job_ids).jobs if job.source == "none"]
+    if unknown:
+        raise SlurmError(f"job {unknown[0]} is unknown to Slurm here; nothing was cancelled")
     cli.scancel(job_ids)
     deadline = time.monotonic() + settle
     while True:
@@ -402,7 +407,8 @@ def cancel(job_ids: Sequence[str], *, settle: float = 10.0) -> list[Job]:
 def parse_job_ids(text: str) -> list[str]:
     """``123``, ``123,124`` or ``123 124`` as a list; anything else is a one-line error."""
     ids = [part for part in re.split(r"[,\s]+", str(text).strip()) if part]
-    bad = [part for part in ids if not _JOB_ID.match(part)]
+    # Slurm numbers jobs from 1; to scontrol, job 0 means every job.
+    bad = [part for part in ids if not _JOB_ID.match(part) or int(part.split("_")[0]) == 0]
     if bad or not ids:
         raise SlurmError(f"job id {(bad or [text])[0]!r}: expected a number such as 123 (or 123_4 for an array task)")
     return ids
@@ -416,6 +422,10 @@ def read_log(path: Path | None, *, job_id: str, tail: int = 0) -> str:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         job = lookup([job_id]).jobs[0]
+        if not path.parent.is_dir():
+            raise SlurmError(f"job {job_id} ({job.state}) wrote its log into {path.parent}, which no longer exists") from None
+        if job.ended:
+            raise SlurmError(f"job {job_id} ({job.state}) left no {path}") from None
         raise SlurmError(f"job {job_id} ({job.state}) has not written {path} (yet); try --follow") from None
     if tail > 0:
         text = "".join(text.splitlines(keepends=True)[-tail:])
@@ -424,13 +434,12 @@ def read_log(path: Path | None, *, job_id: str, tail: int = 0) -> str:
 
 def runs_table(config: Config, *, limit: int = 20) -> str:
     """Runs from their records, newest first: run, submitted, machine, git, jobs, states."""
-    from collections import Counter
+    from titanenv.runs import BrokenRecord, scan_runs
 
-    from titanenv.runs import list_runs
-
-    records = list_runs(config, limit=limit)
-    if not records:
+    entries = scan_runs(config)[:limit]
+    if not entries:
         return f"no runs under {config.paths.runs_dir}"
+    records = [entry for entry in entries if not isinstance(entry, BrokenRecord)]
     ids = [jid for record in records for jid in record.job_ids]
     states: dict[str, str] = {}
     notes: list[str] = []
@@ -442,16 +451,16 @@ def runs_table(config: Config, *, limit: int = 20) -> str:
         except SlurmError as exc:
             notes = [f"note: job states unavailable: {exc}"]
     rows = []
-    for record in records:
-        counts = Counter(states.get(jid, "?") for jid in record.job_ids)
-        if not record.job_ids:
-            summary = "(not a Slurm run)"
-        elif len(counts) == 1:
-            summary = next(iter(counts))
-        else:
-            summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    for record in entries:
         relative = record.run_dir.relative_to(config.paths.runs_dir) if record.run_dir.is_relative_to(
             config.paths.runs_dir) else record.run_dir
+        if isinstance(record, BrokenRecord):
+            rows.append((str(relative), "-", "?", "-", "?", f"UNREADABLE {record.path.name}"))
+            notes.append(f"warning: {record.problem}")
+            continue
+        # A chain's links in submission order, each with its state, like the JOBS column.
+        link_states = [states.get(jid, "?") for jid in record.job_ids]
+        summary = ",".join(link_states) if link_states else "(not a Slurm run)"
         submitted = record.submitted.split(".")[0].removesuffix("+00:00") + "Z" if record.submitted else "-"
         rows.append((str(relative), submitted, str(record.data.get("machine", "?")),
                      record.git_label, ",".join(record.job_ids) or "-", summary))
