@@ -409,16 +409,20 @@ def scan_runs(config: Config, name: str | None = None) -> list[RunRecord | Broke
 _RUN_DIR_NAME = re.compile(r"^\d{8}-\d{6}-[0-9a-f]+$")
 
 
-def _age_key(entry: RunRecord | BrokenRecord) -> tuple[str, str]:
-    """Creation order: the UTC time in the directory's name, else (renamed by hand) its mtime."""
+def _age_key(entry: RunRecord | BrokenRecord) -> tuple[str, str, str]:
+    """Creation order: the UTC second in the directory's name (else, renamed by hand, its mtime),
+    then the recorded submission time; within one second an unreadable record counts as the newer."""
     name = entry.run_dir.name
-    if not _RUN_DIR_NAME.match(name):
+    if _RUN_DIR_NAME.match(name):
+        second = name.rsplit("-", 1)[0]
+    else:
         try:
             mtime = entry.run_dir.stat().st_mtime
         except OSError:
             mtime = 0.0
-        name = datetime.fromtimestamp(mtime, timezone.utc).strftime(_STAMP_FORMAT) + "-" + name
-    return name, str(entry.run_dir)
+        second = datetime.fromtimestamp(mtime, timezone.utc).strftime(_STAMP_FORMAT)
+    submitted = "~" if isinstance(entry, BrokenRecord) else entry.submitted
+    return second, submitted, str(entry.run_dir)
 
 
 def list_runs(config: Config, name: str | None = None, *, limit: int | None = None) -> list[RunRecord]:
