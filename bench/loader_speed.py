@@ -27,8 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from titanenv.sample_data import materialize
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
+# The repository's sample corpus and tokenizer as plain files (sample_data/README.md).
+SHARED = materialize(ROOT / "bench" / "out" / "sample-data")
 CORPUS = SHARED / "corpus" / "openwebtext_1000.jsonl"
 TOKENIZER = SHARED / "tokenizers" / "gpt2"
 WORK = ROOT / ".work" / "bench-loader"

@@ -31,13 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from titanenv.sample_data import materialize
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.slurm import LocalSlurm, missing_binaries  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "data" / "corpus" / "openwebtext_1000.jsonl"
-TOKENIZER = ROOT.parent / "shared" / "data" / "tokenizers" / "gpt2"
+# The repository's sample corpus and tokenizer as plain files (sample_data/README.md).
+SHARED = materialize(ROOT / "bench" / "out" / "sample-data")
+CORPUS = SHARED / "corpus" / "openwebtext_1000.jsonl"
+TOKENIZER = SHARED / "tokenizers" / "gpt2"
 WORK = ROOT / ".work" / "bench-scaling"
 POLL_SECONDS = 0.5
 

@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from titanenv.sample_data import materialize
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The repository's sample corpus and tokenizers as plain files (sample_data/README.md).
+SHARED_DATA = materialize(REPO_ROOT / ".work" / "sample-data")
 
 
 def run_invoke(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None,
