@@ -38,10 +38,12 @@ def nvcc_release() -> str | None:
 
 
 def cuda_arch_list(release: str | None, machine: list[str], skip: list[str]) -> str:
-    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 >= 9, A100 >= 11, H100 >= 11.8), else the machine's."""
+    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 9 to 12.x, A100 >= 11, H100 >= 11.8), else the machine's."""
     if release:
         major, minor = (int(x) for x in release.split(".")[:2])
-        archs = [cc for cc, needs in (("7.0", (9, 0)), ("8.0", (11, 0)), ("9.0", (11, 8))) if (major, minor) >= needs]
+        # CUDA 13 dropped Volta (7.0): its nvcc refuses sm_70.
+        spans = (("7.0", (9, 0), (13, 0)), ("8.0", (11, 0), (99, 0)), ("9.0", (11, 8), (99, 0)))
+        archs = [cc for cc, first, past in spans if first <= (major, minor) < past]
     else:
         archs = list(machine)
     return ";".join(a for a in archs if a not in skip)
