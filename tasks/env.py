@@ -13,13 +13,14 @@ from tasks.container import BINARY_HELP, RUNTIME_HELP, argv_after_dashes, config
         "binary": BINARY_HELP,
         "update": "Move existing clones to their pins: fetch, stash local changes, check out, pop the stash.",
         "offline": "Install only from the offline bundle (env.bundle_dir): no network at all.",
+        "dry": "Print the plan (clones, venv, every pip step with its constraints and environment) and do nothing.",
     }
 )
-def setup(c, machine=None, runtime=None, binary=None, update=False, offline=False):
+def setup(c, machine=None, runtime=None, binary=None, update=False, offline=False, dry=False):
     """Create the venv in the container, clone the pinned repositories and install everything."""
     from titanenv.envsetup.setup import setup as run_setup
 
-    run_setup(config_for(c, machine, runtime, binary), offline=offline, update=update)
+    run_setup(config_for(c, machine, runtime, binary), offline=offline, update=update, dry=dry)
 
 
 @task(

@@ -16,21 +16,23 @@ from titanenv.container.host import HostShell, RuntimeNotFound
 from titanenv.launch import job_launcher
 
 ENTRY_SCRIPT = (
-    'for __v in $(compgen -v); do case "$__v" in BASH_ENV|CC|CFLAGS|CMAKE_*|CPATH|CXX|CXXFLAGS|LESSOPEN|PYTHONPATH) '
-    'unset "$__v" 2>/dev/null ;; esac; done; unset __v; if [ ! -r "$0" ]; then echo "error: no venv at '
+    'for __v in $(compgen -v); do case "$__v" in BASH_ENV|CC|CFLAGS|CMAKE_*|CPATH|CXX|CXXFLAGS|LESSOPEN|PYTHONPATH|'
+    'PYTORCH_BUILD_*|PYTORCH_HOME|PYTORCH_VERSION) unset "$__v" 2>/dev/null ;; esac; done; unset __v; '
+    'if [ -e /usr/local/cuda/lib64/stubs/libcuda.so ]; then export TRITON_LIBCUDA_PATH=/usr/local/cuda/lib64/stubs; fi; '
+    'if [ ! -r "$0" ]; then echo "error: no venv at '
     '${0%/bin/activate} (inside the container); run: invoke env.setup" >&2; exit 1; fi; source "$0"; exec "$@"'
 )
 # machine -> (binary, image file, venv) as the profiles and invoke.yaml define them.
 APPTAINER_MACHINES = {
-    "jwb": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_25.06-py3_x86_64.sif",
+    "jwb": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_26.07-py3_x86_64.sif",
             "/p/scratch/trustllm-eu/{u}/torchtitan/env_x86_64"),
-    "jwc": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_25.06-py3_x86_64.sif",
+    "jwc": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_26.07-py3_x86_64.sif",
             "/p/scratch/trustllm-eu/{u}/torchtitan/env_x86_64"),
-    "jrc": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_25.06-py3_x86_64.sif",
+    "jrc": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_26.07-py3_x86_64.sif",
             "/p/scratch/trustllm-eu/{u}/torchtitan/env_x86_64"),
-    "jpb": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_25.06-py3_aarch64.sif",
+    "jpb": ("apptainer", "/p/scratch/trustllm-eu/{u}/torchtitan/containers/torchtitan_pytorch_26.07-py3_aarch64.sif",
             "/p/scratch/trustllm-eu/{u}/torchtitan/env_aarch64"),
-    "mn5a": ("singularity", "/gpfs/scratch/ehpc09/{u}/torchtitan/containers/torchtitan_pytorch_25.06-py3_x86_64.sif",
+    "mn5a": ("singularity", "/gpfs/scratch/ehpc09/{u}/torchtitan/containers/torchtitan_pytorch_26.07-py3_x86_64.sif",
              "/gpfs/scratch/ehpc09/{u}/torchtitan/env_x86_64"),
 }
 
@@ -71,7 +73,7 @@ def test_apptainer_run_binds_patched_files_and_pulls_the_pinned_image(machine: s
     assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HOME"].endswith("/.cache/huggingface")
     store = container.images(cfg)
     assert store.runtime.pull_argv(cfg.settings.container.image, "/b/x.sif") == [
-        binary, "pull", "--force", "/b/x.sif", "docker://nvcr.io/nvidia/pytorch:25.06-py3"]
+        binary, "pull", "--force", "/b/x.sif", "docker://nvcr.io/nvidia/pytorch:26.07-py3"]
     assert store.runtime.build_from_archive_argv("/o/x.tar", "/b/x.sif") == [
         binary, "build", "--force", "/b/x.sif", "docker-archive:///o/x.tar"]
     assert store.layout.file("build").parent == cfg.paths.container_build_dir
@@ -87,7 +89,7 @@ def test_docker_and_podman_command_lines(runtime: str, tmp_path: Path) -> None:
     gpu = ["--gpus", "all"] if runtime == "docker" else ["--device", "nvidia.com/gpu=all"]
     invocation = container.run_invocation(cfg, ["echo", "$HOME"], base_env={"PATH": "/usr/bin"}, cwd=str(REPO_ROOT))
     argv = invocation.argv
-    image = "torchtitan_pytorch_25.06-py3_x86_64:active" if cfg.arch == "x86_64" else f"torchtitan_pytorch_25.06-py3_{cfg.arch}:active"
+    image = "torchtitan_pytorch_26.07-py3_x86_64:active" if cfg.arch == "x86_64" else f"torchtitan_pytorch_26.07-py3_{cfg.arch}:active"
     head = [runtime, "run", "--rm", "--network", "host", "--ipc", "host", "--ulimit", "memlock=-1",
             "--ulimit", "stack=67108864", *gpu]
     assert argv[: len(head)] == head
@@ -108,8 +110,8 @@ def test_docker_and_podman_command_lines(runtime: str, tmp_path: Path) -> None:
     assert ["--env", "MASTER_ADDR"] == prefix[prefix.index("MASTER_ADDR") - 1: prefix.index("MASTER_ADDR") + 1]
     store = container.images(cfg)
     assert store.runtime.pull_argv(cfg.settings.container.image) == (
-        [runtime, "pull", "--quiet", "nvcr.io/nvidia/pytorch:25.06-py3"] if runtime == "docker"
-        else [runtime, "pull", "--quiet", "docker://nvcr.io/nvidia/pytorch:25.06-py3"])
+        [runtime, "pull", "--quiet", "nvcr.io/nvidia/pytorch:26.07-py3"] if runtime == "docker"
+        else [runtime, "pull", "--quiet", "docker://nvcr.io/nvidia/pytorch:26.07-py3"])
     assert store.runtime.save_argv("x", "/o/a.tar") == [runtime, "save", "--output", "/o/a.tar", "x"]
     assert store.runtime.load_argv("/o/a.tar") == [runtime, "load", "--input", "/o/a.tar"]
 

@@ -166,9 +166,42 @@ class PatchedFile(Model):
     source: StrictStr = Field(description="patched copy on the host")
 
 
+_TORCH_VERSION = re.compile(r"^\d+\.\d+(\.\d+)*([a-z]+\d*)?(\+[A-Za-z0-9.]+)?$")
+
+
+def _version_problem(value: str) -> str | None:
+    if value and not _TORCH_VERSION.match(value):
+        return f"{value!r} is not a version like 2.13.0 or 2.13.0a0+9186a08b2c.nv26.7.59513937"
+    return None
+
+
+class ImageContents(Model):
+    """What the pinned image holds: facts of the image, changed together with ``container.image``."""
+
+    torch: StrictStr = Field(default="", description="torch's distribution version in the image (pip show torch)")
+    python: StrictStr = Field(default="", description="X.Y of the image's Python")
+    glibc: StrictStr = Field(default="", description="X.Y of the image's C library (manylinux wheels it accepts)")
+
+    @field_validator("torch")
+    @classmethod
+    def _torch(cls, value: str) -> str:
+        problem = _version_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("python", "glibc")
+    @classmethod
+    def _major_minor(cls, value: str) -> str:
+        if value and not re.match(r"^\d+\.\d+$", value):
+            raise ValueError(f"{value!r} is not a version like 3.12")
+        return value
+
+
 class ContainerSettings(Model):
     image: StrictStr
     image_digest: StrictStr = ""
+    contents: ImageContents = ImageContents()
     name: StrictStr
     gpus: StrictBool
     binds: list[StrictStr] = []
@@ -180,6 +213,9 @@ class ContainerSettings(Model):
     env: dict[StrictStr, EnvValue] = {}
     pass_env: list[StrictStr] = []
     options: list[StrictStr] = []
+    triton_libcuda_path: StrictStr = Field(
+        default="", description="set as TRITON_LIBCUDA_PATH inside the container when it holds libcuda.so; empty: never"
+    )
 
     @field_validator("unset_env", "pass_env")
     @classmethod
@@ -253,6 +289,9 @@ class RepoPin(Model):
     pip_args: list[StrictStr] = []
     env: dict[StrictStr, EnvValue] = {}
     skip_cuda_archs: list[StrictStr] = Field(default=[], description="compute capabilities left out of TORCH_CUDA_ARCH_LIST")
+    release: StrictStr = Field(
+        default="", description="the PyPI release made from this ref (torchtitan==0.3.0): its metadata stands for the clone's"
+    )
 
     @field_validator("name")
     @classmethod
@@ -275,6 +314,12 @@ class EnvSettings(Model):
 
     python: StrictStr = Field(description="interpreter the venv is made from, inside the container")
     system_site_packages: StrictBool
+    torch: StrictStr = Field(
+        description="the torch the venv runs: 'container' (container.contents.torch, reused) or a version pip may install"
+    )
+    container_constraints: StrictBool = Field(
+        description="whether the container's own pip constraint file (its PIP_CONSTRAINT) applies to set-up's installs"
+    )
     repos: list[RepoPin] = []
     pip_packages: list[StrictStr] = []
     build_packages: list[StrictStr] = []
@@ -282,6 +327,14 @@ class EnvSettings(Model):
     pip_args: list[StrictStr] = []
     download_args: list[StrictStr] = []
     bundle_dir: StrictStr
+
+    @field_validator("torch")
+    @classmethod
+    def _torch(cls, value: str) -> str:
+        problem = None if value == "container" else _version_problem(value) if value else "empty"
+        if problem:
+            raise ValueError(f"expected 'container' or a torch version like 2.13.0 (got {value!r})")
+        return value
 
     @field_validator("repos")
     @classmethod

@@ -14,6 +14,7 @@ images in fresh ``run --rm`` containers and see only what they are given with
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Mapping, Protocol, Sequence
 
@@ -68,20 +69,25 @@ class ContainerRuntime(Protocol):
     def exec_argv(self, spec: ExecSpec) -> list[str]: ...
 
 
-def venv_entry(command: Sequence[str], *, unset: Sequence[str], activate: str | None) -> list[str]:
+def venv_entry(command: Sequence[str], *, unset: Sequence[str], activate: str | None,
+               libcuda_dir: str = "") -> list[str]:
     """Wrap ``command`` so it runs with host variables removed and, if given, a venv activated.
 
     The words of ``command`` are passed as positional parameters and run with
     ``exec "$@"``: they reach the program exactly as given (quotes, spaces,
     ``$``, newlines). ``BASH_ENV`` is removed by ``env`` before bash starts,
     because bash reads that file before running anything; names ending in
-    ``*`` (``CMAKE_*``) remove every variable with that prefix.
+    ``*`` (``CMAKE_*``) remove every variable with that prefix. ``libcuda_dir``
+    becomes ``TRITON_LIBCUDA_PATH`` when it holds ``libcuda.so`` there.
     """
     for name in unset:
         if not _NAME_PATTERN.match(name):
             raise ConfigError(f"{name!r} is not a variable name (a trailing * matches a prefix)", key="container.unset_env")
     patterns = "|".join(unset) or "''"
     parts = [f'for __v in $(compgen -v); do case "$__v" in {patterns}) unset "$__v" 2>/dev/null ;; esac; done; unset __v']
+    if libcuda_dir:
+        quoted = shlex.quote(libcuda_dir)
+        parts.append(f"if [ -e {quoted}/libcuda.so ]; then export TRITON_LIBCUDA_PATH={quoted}; fi")
     if activate is not None:
         parts.append(
             'if [ ! -r "$0" ]; then echo "error: no venv at ${0%/bin/activate} (inside the container); '

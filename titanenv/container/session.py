@@ -181,7 +181,7 @@ def run_invocation(
     container = config.settings.container
     base = dict(os.environ if base_env is None else base_env)
     activate = str(config.paths.venv_dir / "bin" / "activate") if venv else None
-    inner = venv_entry(command, unset=container.unset_env, activate=activate)
+    inner = venv_entry(command, unset=container.unset_env, activate=activate, libcuda_dir=container.triton_libcuda_path)
     inside = container_environment(config)
     if not hf_offline:
         for name in HF_OFFLINE_ENVIRONMENT:
@@ -214,7 +214,8 @@ def job_exec_prefix(config: Config, job_env_names: Sequence[str] = ()) -> list[s
     """
     rt = runtime(config)
     container = config.settings.container
-    inner = venv_entry([], unset=container.unset_env, activate=str(config.paths.venv_dir / "bin" / "activate"))
+    inner = venv_entry([], unset=container.unset_env, activate=str(config.paths.venv_dir / "bin" / "activate"),
+                       libcuda_dir=container.triton_libcuda_path)
     if isinstance(rt, NoRuntime):
         return []
     mounted = mounts(config)

@@ -2,8 +2,10 @@
 
 Started as ``python3 -c BOOT <repo> <plan.json>`` by :mod:`titanenv.envsetup.setup`.
 The plan lists pip steps; each runs as ``<venv>/bin/python -m pip install``,
-offline with ``--no-index --find-links <wheels> --no-build-isolation``.
-Afterwards ``pip freeze`` goes next to the venv.
+offline with ``--no-index --find-links <wheels> --no-build-isolation``, with
+``PIP_CONSTRAINT`` set to the plan's constraint file (plus the container's own
+file where the plan says so). When the venv reuses the container's torch, the
+installed version is checked first. Afterwards ``pip freeze`` goes next to the venv.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ def nvcc_release() -> str | None:
 
 
 def cuda_arch_list(release: str | None, machine: list[str], skip: list[str]) -> str:
-    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 >= 9, A100 >= 11, H100 >= 11.8), else the machine's."""
+    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 9 to 12.x, A100 >= 11, H100 >= 11.8), else the machine's."""
     if release:
         major, minor = (int(x) for x in release.split(".")[:2])
-        archs = [cc for cc, needs in (("7.0", (9, 0)), ("8.0", (11, 0)), ("9.0", (11, 8))) if (major, minor) >= needs]
+        # CUDA 13 dropped Volta (7.0): its nvcc refuses sm_70.
+        spans = (("7.0", (9, 0), (13, 0)), ("8.0", (11, 0), (99, 0)), ("9.0", (11, 8), (99, 0)))
+        archs = [cc for cc, first, past in spans if first <= (major, minor) < past]
     else:
         archs = list(machine)
     return ";".join(a for a in archs if a not in skip)
@@ -76,12 +80,50 @@ def merge_plain_steps(steps: list[dict]) -> list[dict]:
     return merged
 
 
-def run_step(venv: Path, step: dict, plan: dict) -> None:
+def steps_to_run(plan: dict) -> list[dict]:
+    """The pip calls set-up makes, in order."""
+    return merge_plain_steps(plan["steps"])
+
+
+def pip_argv(venv: Path, step: dict, plan: dict) -> list[str]:
     argv = [str(venv / "bin" / "python"), "-m", "pip", "install"]
     if plan["offline"]:
         argv += ["--no-index", "--find-links", plan["wheels_dir"], "--no-build-isolation"]
-    argv += plan.get("pip_args", []) + step.get("pip_args", []) + step["args"]
+    return argv + plan.get("pip_args", []) + step.get("pip_args", []) + step["args"]
+
+
+def pip_constraint(plan: dict, container_file: str | None) -> str:
+    """``PIP_CONSTRAINT`` of every step: the plan's file, then the container's own where the plan keeps it."""
+    files = [plan["constraints"]["path"]]
+    if plan["constraints"]["container_file"] and container_file:
+        files.append(container_file)
+    return " ".join(files)
+
+
+def installed_version(python: str, name: str) -> str | None:
+    code = f"import importlib.metadata as m\ntry: print(m.version({name!r}))\nexcept m.PackageNotFoundError: pass"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def check_torch(plan: dict) -> None:
+    """Stop before anything is installed when the container's torch is not the planned one."""
+    torch = plan["torch"]
+    if not torch["from_container"]:
+        return
+    found = installed_version(plan["python"], "torch")
+    if found != torch["version"]:
+        raise SystemExit(
+            f"error: the container's {plan['python']} has torch {found or '(none)'}, but container.contents.torch "
+            f"says {torch['version']}; set container.contents to what container.image holds (nothing was installed)"
+        )
+    say(f"torch {found} from the container")
+
+
+def run_step(venv: Path, step: dict, plan: dict) -> None:
+    argv = pip_argv(venv, step, plan)
     env = dict(os.environ)
+    env["PIP_CONSTRAINT"] = pip_constraint(plan, os.environ.get("PIP_CONSTRAINT"))
     env.update(step.get("env", {}))
     if plan.get("cuda_archs") is not None:
         archs = cuda_arch_list(nvcc_release(), plan["cuda_archs"], step.get("skip_cuda_archs", []))
@@ -96,8 +138,10 @@ def run_step(venv: Path, step: dict, plan: dict) -> None:
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     venv = Path(plan["venv"])
+    check_torch(plan)
     ensure_venv(plan["python"], venv, plan["system_site_packages"])
-    for step in merge_plain_steps(plan["steps"]):
+    say(f"PIP_CONSTRAINT={pip_constraint(plan, os.environ.get('PIP_CONSTRAINT'))}")
+    for step in steps_to_run(plan):
         run_step(venv, step, plan)
     # --local: what this venv holds, not the container's packages it sees.
     freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--local"], capture_output=True, text=True, check=True)
