@@ -157,6 +157,24 @@ def test_train_run_trains_the_old_release_with_its_own_entry_point_and_resumes(r
     assert "step-6" in {p.name for p in folder.iterdir()}
 
 
+def test_with_no_toml_option_the_tomls_keys_become_its_options(release: Path, old_toml: Path) -> None:
+    # How TorchTitan 0.3 and later take a configuration; 0.2 takes it so too.
+    result = ok(invoke(release, "train.run", "--toml-option", "", "--config", str(old_toml), "--name", "as-options",
+                       "--steps", "2"))
+    run_dir = Path(re.search(r"^run (\S+);", result, re.M).group(1))
+    command = json.loads((run_dir / "run.json").read_text())["extra"]["train"]["command"]
+    assert "--job.config_file" not in command
+    entry = command.index(f"{release}/torchtitan/train.py")
+    assert command[entry + 1:entry + 9] == ["--job.description", "TorchTitan 0.2 through titanenv",
+                                            "--model.name", "llama3", "--model.flavor", "debugmodel",
+                                            "--model.hf_assets_path", str(old_toml.parent / "tokenizer")]
+    assert command[command.index("--checkpoint.enable"):][:4] == [
+        "--checkpoint.enable", "--checkpoint.interval", "2", "--checkpoint.no-last_save_model_only"]
+    assert steps(result) == [1, 2]
+    # last_save_model_only = false arrived: a model-only save would say so.
+    assert "Saving a full checkpoint at last step, step 2." in result
+
+
 def test_the_checkout_mode_fails_before_anything_starts_in_one_line(release: Path, old_toml: Path,
                                                                    tmp_path: Path) -> None:
     malformed = tmp_path / "malformed.toml"
