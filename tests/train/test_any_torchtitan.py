@@ -187,7 +187,8 @@ def test_the_checkout_mode_fails_before_anything_starts_in_one_line(release: Pat
         ({}, ["--torchtitan-entry", "torchtitan/nosuch.py"],
          f"error: train.torchtitan.entry: no torchtitan/nosuch.py in the checkout {release}"),
         ({}, ["--config", str(malformed)], f"error: {malformed}: "),
-        ({}, ["--name", "blocked"], f"error: {blocked}: cannot hold the job's checkpoints: {blocked} is not a directory"),
+        ({}, ["--name", "blocked"],
+         f"error: {blocked}: cannot hold the job's checkpoints: {blocked} is not a directory"),
         # This Python's own torchtitan is our 0.3.0, not the release's.
         ({"importable": False}, [], f"error: train.torchtitan.checkout: the job's Python ({sys.executable}) imports "
                                     f"torchtitan from {Path(find_spec('torchtitan').origin).parent}, not from the "
