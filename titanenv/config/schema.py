@@ -265,8 +265,41 @@ class DataSettings(Model):
     parallel_tasks_per_node: Annotated[StrictInt, Field(ge=1)] = 1
 
 
+def _option_name(value: str) -> str:
+    if value and not re.match(r"^--[A-Za-z_][A-Za-z0-9_.-]*$", value):
+        raise ValueError(f"{value!r} is not a command-line option (--section.key)")
+    return value
+
+
+OptionName = Annotated[StrictStr, BeforeValidator(_option_name)]
+
+
+class TorchTitanCheckout(Model):
+    """Which TorchTitan runs a training job: ours (titanenv's loader and recipes), or a checkout's own entry point."""
+
+    # "" = ours: python -m titanenv.train on TorchTitan 0.3.x. A directory (a clone
+    # such as {repos_dir}/torchtitan, an unpacked release) = its own entry point runs.
+    checkout: StrictStr = ""
+    # The entry point, relative to the checkout; torchrun runs it as a script.
+    entry: StrictStr = "torchtitan/train.py"
+    # The option naming the TOML file; "" = the TOML's keys become options instead.
+    toml_option: OptionName = "--job.config_file"
+    # The option naming the output folder (checkpoints under it).
+    dump_folder_option: Annotated[OptionName, Field(min_length=3)] = "--job.dump_folder"
+    # Options added where the job has no GPU.
+    cpu_options: list[StrictStr] = []
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, value: str) -> str:
+        if not value or value.startswith(("/", "~")) or ".." in value.split("/"):
+            raise ValueError(f"{value!r}: expected a path inside the checkout, e.g. torchtitan/train.py")
+        return value
+
+
 class TrainSettings(Model):
     config: StrictStr
+    torchtitan: TorchTitanCheckout = TorchTitanCheckout()
     # Checkpoints and TorchTitan's outputs: {checkpoint_dir}/<name>; "" = the TOML's file name.
     name: StrictStr = ""
     # Processes per node; 0 = one per GPU (one on machines without GPUs).

@@ -34,6 +34,11 @@ def apply() -> None:
     import torchtitan.distributed.utils as dist_utils
 
     dist_utils.set_pg_timeouts = lambda *args, **kwargs: None
+    plain_fsdp_sums()
+
+
+def plain_fsdp_sums() -> None:
+    """FSDP reduces gradients with a plain sum: gloo rejects its PREMUL_SUM."""
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
     group = _fsdp_param_group.FSDPParamGroup

@@ -186,24 +186,24 @@ def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
     """torchrun on this machine's CPUs or GPUs, with no Slurm; returns its exit status."""
     from titanenv.runs import new_run, write_record
 
-    prepared = prepare(config, request)
+    prepared = _prepare_any(config, request)
     run = new_run(config, "train")
     procs = procs or config.settings.train.procs_per_node or _local_devices()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
     toml = run.path / RESOLVED_NAME
-    command = [*torchrun, *train_args(prepared, toml)]
+    args = _args(prepared, toml, cpu=_local_gpus() == 0)
+    command = [*torchrun, *args]
     if request.dry:
         echo(f"# {toml} (dry run: nothing written or started)")
         echo(prepared.text.rstrip("\n"))
         echo("# would run: " + " ".join(_quote(w) for w in command))
-        echo("# torchtitan: " + " ".join(_quote(w) for w in torchtitan_command(prepared, toml)))
+        echo("# torchtitan: " + " ".join(_quote(w) for w in _torchtitan_words(prepared, toml, args)))
         return 0
     toml = write_resolved(prepared, toml)
-    validate_with_torchtitan(prepared, toml)
+    _check_any(config, prepared, toml, here=True)
     prepared.dump_folder.mkdir(parents=True, exist_ok=True)
     write_record(config, run, job_ids=[], script=None,
-                 extra={"train": {"command": command, "dump_folder": str(prepared.dump_folder),
-                                  "config": str(prepared.job.path)}})
+                 extra={"train": {"command": command, **_record(prepared)}})
     echo(f"run {run.path}; checkpoints in {prepared.dump_folder / 'checkpoint'}")
     env = dict(os.environ)
     if procs > 1:
@@ -212,12 +212,61 @@ def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
 
 
 def _local_devices() -> int:
+    return max(_local_gpus(), 1)
+
+
+def _local_gpus() -> int:
     try:
         import torch
 
-        return max(torch.cuda.device_count(), 1)
+        return torch.cuda.device_count()
     except ImportError:
-        return 1
+        return 0
+
+
+# Our TorchTitan (Prepared) or a checkout's own (checkout.CheckoutJob): the
+# few steps where they differ.
+
+def _prepare_any(config: Config, request: TrainRequest):
+    from titanenv.train import checkout
+
+    selected = checkout.selected(config)
+    if selected is None:
+        return prepare(config, request)
+    return checkout.prepare(config, selected, request.overrides, request.extra)
+
+
+def _args(prepared, toml: Path, *, cpu: bool) -> list[str]:
+    """What follows ``torchrun [options]``; ``cpu``: the job has no GPU."""
+    if isinstance(prepared, Prepared):
+        return train_args(prepared, toml)
+    return prepared.args(toml, cpu=cpu)
+
+
+def _torchtitan_words(prepared, toml: Path, args: list[str]) -> list[str]:
+    """TorchTitan's own command line: a checkout's entry point and its options are just that."""
+    return torchtitan_command(prepared, toml) if isinstance(prepared, Prepared) else args
+
+
+def _check_any(config: Config, prepared, toml: Path, *, here: bool) -> None:
+    """Our TOML through TorchTitan's own parser; for a checkout, which torchtitan the job imports."""
+    if isinstance(prepared, Prepared) and here:
+        validate_with_torchtitan(prepared, toml)
+        return
+    if isinstance(prepared, Prepared):
+        check_in_job_environment(config, prepared, toml)
+        return
+    from titanenv.train import checkout
+
+    checkout.check_import(config, prepared, here=here)
+
+
+def _record(prepared) -> dict[str, str]:
+    """What the run record says about the training: its output folder, TOML and (a checkout's) TorchTitan."""
+    if isinstance(prepared, Prepared):
+        return {"dump_folder": str(prepared.dump_folder), "config": str(prepared.job.path)}
+    return {"dump_folder": str(prepared.dump_folder), "config": str(prepared.path),
+            "torchtitan": str(prepared.checkout.root)}
 
 
 def _quote(word: str) -> str:
@@ -231,30 +280,31 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     from titanenv import sbatch, slurm
     from titanenv.runs import new_run
 
-    prepared = prepare(config, request)
+    prepared = _prepare_any(config, request)
     run = new_run(config, "train")
     # Beside the run directory: submission creates that directory itself, and
     # the job must find the TOML the moment it starts.
     toml = run.path.with_name(f"{run.path.name}.{RESOLVED_NAME}")
+    args = _args(prepared, toml, cpu=config.settings.cluster.gpus_per_node == 0)
     script = sbatch.train_script(
-        config, run_dir=run.path, command=train_args(prepared, toml),
+        config, run_dir=run.path, command=args,
         nproc_per_node=config.settings.train.procs_per_node,
     )
     if request.dry:
         echo(f"# {toml}:")
         for line in prepared.text.rstrip("\n").splitlines():
             echo(f"#   {line}")
-        echo("# torchtitan: " + " ".join(_quote(w) for w in torchtitan_command(prepared, toml)))
+        echo("# torchtitan: " + " ".join(_quote(w) for w in _torchtitan_words(prepared, toml, args)))
     else:
         write_resolved(prepared, toml)
         try:
-            check_in_job_environment(config, prepared, toml)
+            _check_any(config, prepared, toml, here=False)
         except TitanEnvError:
             toml.unlink(missing_ok=True)
             raise
     submission = slurm.submit(
         config, run, script, dry=request.dry, chain=request.chain, dependency=request.dependency, echo=echo,
-        extra={"train": {"dump_folder": str(prepared.dump_folder), "config": str(prepared.job.path)}},
+        extra={"train": _record(prepared)},
     )
     if not request.dry:
         echo(f"checkpoints: {prepared.dump_folder / 'checkpoint'} (a later submission resumes from the latest)")
