@@ -83,4 +83,22 @@ def sample(c, name=None, step=None, config=None, hf=None, prompt=None, max_new_t
     print(result.prompt + result.text)
 
 
-ns = Collection(export, sample)
+@task(help={
+    "name": COMMON_HELP["name"],
+    "config": "TOML of the experiment (for its TensorBoard folder); default as for research.export.",
+    "output": "PNG to write (default: report.png in the newest training run's directory of NAME); "
+              "its figures go beside it as .json.",
+    "machine": MACHINE_HELP,
+})
+def report(c, name=None, config=None, output=None, machine=None):
+    """Print a run's steps, losses, tokens/s, MFU, wall time and checkpoints; plot its curves to a PNG."""
+    from titanenv.research.experiment import find_experiment
+    from titanenv.research.report import run_report
+
+    settings = load(c, {"machine": machine, "train.name": name})
+    experiment = find_experiment(settings, config)
+    lines, _figure = run_report(settings, experiment, settings.expand_path(output, "--output") if output else None)
+    print("\n".join(lines))
+
+
+ns = Collection(export, sample, report)
