@@ -40,7 +40,7 @@ def export(c, name=None, step=None, config=None, output=None, dtype=None, overwr
     """Convert a checkpoint into a Hugging Face Llama directory (safetensors, config, tokenizer)."""
     from titanenv.research.jobs import ExportOptions, export as run_export
 
-    settings = load(c, {"machine": machine, "train.name": name, "research.dtype": dtype,
+    settings = load(c, {"machine": machine, "train.name": name,
                         **slurm_flags(nodes, time, partition, account, job_name)})
     run_export(settings, ExportOptions(toml=config, step=_number("step", step), output=output, dtype=dtype,
                                        overwrite=overwrite, local=local, submit=submit, dry=dry,
