@@ -14,7 +14,7 @@ from invoke import Collection
 
 __path__ = [str(Path(__file__).with_name("tasks"))]
 
-from tasks import config, container, data, env, jobs, pipeline, remote, train  # noqa: E402
+from tasks import config, container, data, env, jobs, pipeline, remote, research, train  # noqa: E402
 
-ns = Collection(config, container, data, env, jobs, remote, train)
+ns = Collection(config, container, data, env, jobs, remote, research, train)
 ns.add_task(pipeline.pipeline)

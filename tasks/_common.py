@@ -20,7 +20,7 @@ MACHINE_HELP = "Machine profile from machines/ (default: the configured `machine
 # Third-party modules of the optional extras (pyproject.toml), by extra.
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("numpy", "tokenizers", "gigatoken", "orjson", "zstandard", "tqdm", "datasets"), "data"),
-    **dict.fromkeys(("torch", "torchtitan", "triton"), "train"),
+    **dict.fromkeys(("torch", "torchtitan", "triton", "transformers", "safetensors", "matplotlib"), "train"),
 }
 
 

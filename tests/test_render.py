@@ -39,6 +39,7 @@ def render_all(config, run_dir: Path, command: list[str]) -> dict[str, str]:
             config, run_dir=run_dir, command=command, merge_command=[*command, "merge"]
         ),
         "train.sbatch.j2": sbatch.train_script(config, run_dir=run_dir, command=command),
+        "export.sbatch.j2": sbatch.export_script(config, run_dir=run_dir, command=command),
     }
 
 

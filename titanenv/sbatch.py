@@ -26,7 +26,7 @@ from titanenv.launch import job_environment, job_launcher
 from titanenv.launch import torchrun as launch_torchrun
 
 TEMPLATES_DIR = "sbatch_templates"
-TEMPLATES = ("preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
+TEMPLATES = ("export.sbatch.j2", "preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -269,6 +269,17 @@ def preprocess_parallel_script(
     return _render_job(
         config, "preprocess_parallel.sbatch.j2", title="Preprocess data in parallel", task=task,
         resources=resources, run_dir=run_dir, training=False, command=command, merge_command=merge_command or [],
+    )
+
+
+def export_script(
+    config: Config, *, run_dir: Path, command: list[str], task: str = "research.export", dependency: str = ""
+) -> str:
+    """One task on one node converting a checkpoint to a Hugging Face directory on its CPUs."""
+    resources = resources_for(config, job_name="export", gpu=False, log_dir=run_dir, nodes=1, dependency=dependency)
+    return _render_job(
+        config, "export.sbatch.j2", title="Export a checkpoint to Hugging Face", task=task, resources=resources,
+        run_dir=run_dir, training=False, command=command,
     )
 
 

@@ -306,6 +306,19 @@ class TrainSettings(Model):
     procs_per_node: Annotated[StrictInt, Field(ge=0)] = 0
 
 
+class ResearchSettings(Model):
+    """research.export / research.sample / research.report defaults."""
+
+    # Export dtype: float32, bfloat16 or float16; "" = the recipe's training.mixed_precision_param.
+    dtype: Literal["", "float32", "bfloat16", "float16"] = ""
+    prompt: StrictStr = ""
+    max_new_tokens: Annotated[StrictInt, Field(ge=1)] = 40
+    # 0 = greedy decoding.
+    temperature: Annotated[float, Field(ge=0)] = 0.0
+    seed: StrictInt = 0
+    device: StrictStr = "cpu"
+
+
 _REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -425,4 +438,5 @@ class Settings(Model):
     env: EnvSettings
     data: DataSettings
     train: TrainSettings
+    research: ResearchSettings
     remote: RemoteSettings
