@@ -5,7 +5,8 @@ from invoke import Collection
 from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
 
 TRAIN_HELP = {
-    "config": "TOML job description (train.config), e.g. train_configs/debug_cpu.toml.",
+    "config": "Recipe TOML, e.g. train_configs/llama3_8b.toml (train.config; default auto: the CPU or GPU smoke "
+              "recipe, by the machine's GPUs).",
     "name": "Experiment name: checkpoints in {checkpoint_dir}/NAME, resumed by later runs (train.name).",
     "steps": "Training steps (the TOML's training.steps).",
     "seq_len": "Tokens per sample (training.seq_len).",

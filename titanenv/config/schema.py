@@ -297,8 +297,17 @@ class TorchTitanCheckout(Model):
         return value
 
 
+class TrainRecipes(Model):
+    """The recipe ``train.config: auto`` picks, by whether the machine has GPUs."""
+
+    cpu: StrictStr = Field(description="on machines with cluster.gpus_per_node 0")
+    gpu: StrictStr = Field(description="on machines with GPUs")
+
+
 class TrainSettings(Model):
-    config: StrictStr
+    # A TOML path, or "auto": auto_config.cpu or auto_config.gpu by cluster.gpus_per_node.
+    config: Annotated[StrictStr, Field(min_length=1)]
+    auto_config: TrainRecipes
     torchtitan: TorchTitanCheckout = TorchTitanCheckout()
     # Checkpoints and TorchTitan's outputs: {checkpoint_dir}/<name>; "" = the TOML's file name.
     name: StrictStr = ""

@@ -79,8 +79,10 @@ def find_experiment(config: Config, toml: str | None = None) -> Experiment:
 
     ``toml`` (a flag) wins; else the newest training run of that name; else ``train.config``.
     """
+    from titanenv.train.job import recipe_path
+
     settings = config.settings.train
-    configured = config.expand_path(settings.config, "train.config")
+    configured = recipe_path(config)
     name = settings.name or configured.stem
     dump_folder = config.paths.checkpoint_dir / name
     if toml:

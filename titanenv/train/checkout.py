@@ -80,6 +80,9 @@ def prepare(config: Config, checkout: Checkout, overrides: dict[str, Any], extra
         raise CheckoutError(f"train.torchtitan.entry: no {checkout.entry.relative_to(checkout.root)} "
                             f"in the checkout {checkout.root}")
     settings = config.settings.train
+    if settings.config == "auto":
+        raise CheckoutError(f"train.config: auto picks one of this project's recipes; give the checkout "
+                            f"{checkout.root} its own TOML (--config FILE)")
     path = config.expand_path(settings.config, "train.config")
     try:
         text = path.read_text(encoding="utf-8")

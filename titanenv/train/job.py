@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import subprocess
@@ -47,12 +48,42 @@ class Prepared:
     dump_folder: Path
     text: str  # the resolved TOML
     extra: list[str] = field(default_factory=list)
+    # [parallelism] degrees filled from "{nodes}"-style placeholders, and the job's shape.
+    filled: dict[str, int] = field(default_factory=dict)
+    nodes: int = 1
+    procs_per_node: int = 1
+
+    def shape(self) -> str:
+        """One line: processes, and the degrees the TOML derived from them."""
+        world = self.nodes * self.procs_per_node
+        line = f"{self.nodes} node{'s' if self.nodes > 1 else ''} x {self.procs_per_node} = {world} processes"
+        if self.filled:
+            line += "; " + ", ".join(f"{key} = {value}" for key, value in self.filled.items())
+        return line
 
 
-def prepare(config: Config, request: TrainRequest) -> Prepared:
-    """Read the TOML named by train.config, fill placeholders and flag overrides, check the data."""
+def recipe_path(config: Config) -> Path:
+    """The TOML train.config names; ``auto``: train.auto_config.cpu or .gpu, by cluster.gpus_per_node."""
     settings = config.settings.train
-    path = config.expand_path(settings.config, "train.config")
+    if settings.config != "auto":
+        return config.expand_path(settings.config, "train.config")
+    kind = "gpu" if config.settings.cluster.gpus_per_node else "cpu"
+    return config.expand_path(getattr(settings.auto_config, kind), f"train.auto_config.{kind}")
+
+
+def procs_per_node(config: Config) -> int:
+    """torchrun processes per node of a Slurm job: train.procs_per_node, else one per GPU, else one."""
+    return config.settings.train.procs_per_node or config.settings.cluster.gpus_per_node or 1
+
+
+def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int = 1) -> Prepared:
+    """Read the recipe (train.config), fill placeholders and flag overrides, check parallelism and data.
+
+    ``nodes`` and ``procs`` (per node) are the job's: they fill ``"{nodes}"``,
+    ``"{procs_per_node}"`` and ``"{world_size}"`` in [parallelism].
+    """
+    settings = config.settings.train
+    path = recipe_path(config)
     data_output = str(config.expand_path(config.settings.data.output, "data.output"))
     data_tokenizer = config.expand_path(config.settings.data.tokenizer, "data.tokenizer")
     if data_tokenizer.is_file():
@@ -66,10 +97,30 @@ def prepare(config: Config, request: TrainRequest) -> Prepared:
     for dotted, value in request.overrides.items():
         if value is not None:
             job.set(dotted, value)
+    filled = job.fill_parallelism({"nodes": nodes, "procs_per_node": procs, "world_size": nodes * procs})
+    if not any(word.startswith("--parallelism.") for word in request.extra):
+        check_parallelism(job, nodes * procs)  # else TorchTitan checks the options' final values
     name = settings.name or path.stem
     dump_folder = config.paths.checkpoint_dir / name
     check_data(job)
-    return Prepared(job=job, name=name, dump_folder=dump_folder, text=job.to_toml(), extra=list(request.extra))
+    return Prepared(job=job, name=name, dump_folder=dump_folder, text=job.to_toml(), extra=list(request.extra),
+                    filled=filled, nodes=nodes, procs_per_node=procs)
+
+
+def check_parallelism(job: JobConfig, world: int) -> None:
+    """The parallel degrees multiply to the number of processes, as TorchTitan demands when it starts."""
+    names = ("data_parallel_replicate_degree", "data_parallel_shard_degree", "context_parallel_degree",
+             "tensor_parallel_degree", "pipeline_parallel_degree")
+    degrees = {name: job.get(f"parallelism.{name}", -1 if name == "data_parallel_shard_degree" else 1)
+               for name in names}
+    if not all(isinstance(value, int) and not isinstance(value, bool) for value in degrees.values()):
+        return  # TorchTitan names the value it cannot parse
+    product = math.prod(value for value in degrees.values() if value != -1)
+    fits = world % product == 0 if degrees["data_parallel_shard_degree"] == -1 else product == world
+    if not fits:
+        given = ", ".join(f"{name} = {value}" for name, value in degrees.items() if value != 1)
+        raise TrainError(f"{job.path}: [parallelism] {given} does not fit {world} processes "
+                         "(their product must equal nodes x processes per node; -1 for the shard degree fills in)")
 
 
 def check_data(job: JobConfig) -> None:
@@ -186,15 +237,16 @@ def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
     """torchrun on this machine's CPUs or GPUs, with no Slurm; returns its exit status."""
     from titanenv.runs import new_run, write_record
 
-    prepared = _prepare_any(config, request)
-    run = new_run(config, "train")
     procs = procs or config.settings.train.procs_per_node or _local_devices()
+    prepared = _prepare_any(config, request, nodes=1, procs=procs)
+    run = new_run(config, "train")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
     toml = run.path / RESOLVED_NAME
     args = _args(prepared, toml, cpu=_local_gpus() == 0)
     command = [*torchrun, *args]
     if request.dry:
         echo(f"# {toml} (dry run: nothing written or started)")
+        echo(f"# {_shape(prepared)}")
         echo(prepared.text.rstrip("\n"))
         echo("# would run: " + " ".join(_quote(w) for w in command))
         echo("# torchtitan: " + " ".join(_quote(w) for w in _torchtitan_words(prepared, toml, args)))
@@ -227,13 +279,18 @@ def _local_gpus() -> int:
 # Our TorchTitan (Prepared) or a checkout's own (checkout.CheckoutJob): the
 # few steps where they differ.
 
-def _prepare_any(config: Config, request: TrainRequest):
+def _prepare_any(config: Config, request: TrainRequest, *, nodes: int, procs: int):
     from titanenv.train import checkout
 
     selected = checkout.selected(config)
     if selected is None:
-        return prepare(config, request)
+        return prepare(config, request, nodes=nodes, procs=procs)
     return checkout.prepare(config, selected, request.overrides, request.extra)
+
+
+def _shape(prepared) -> str:
+    """The job's shape (nodes x processes, derived degrees); a checkout's TOML is its own."""
+    return prepared.shape() if isinstance(prepared, Prepared) else "a checkout's own TOML: its degrees as it sets them"
 
 
 def _args(prepared, toml: Path, *, cpu: bool) -> list[str]:
@@ -280,18 +337,18 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     from titanenv import sbatch, slurm
     from titanenv.runs import new_run
 
-    prepared = _prepare_any(config, request)
+    procs = procs_per_node(config)
+    prepared = _prepare_any(config, request, nodes=config.settings.slurm.nodes, procs=procs)
     run = new_run(config, "train")
     # Beside the run directory: submission creates that directory itself, and
     # the job must find the TOML the moment it starts.
     toml = run.path.with_name(f"{run.path.name}.{RESOLVED_NAME}")
     args = _args(prepared, toml, cpu=config.settings.cluster.gpus_per_node == 0)
     script = sbatch.train_script(
-        config, run_dir=run.path, command=args,
-        nproc_per_node=config.settings.train.procs_per_node,
+        config, run_dir=run.path, command=args, nproc_per_node=procs,
     )
     if request.dry:
-        echo(f"# {toml}:")
+        echo(f"# {toml}: {_shape(prepared)}")
         for line in prepared.text.rstrip("\n").splitlines():
             echo(f"#   {line}")
         echo("# torchtitan: " + " ".join(_quote(w) for w in _torchtitan_words(prepared, toml, args)))

@@ -6,6 +6,19 @@ directory. Every other section is TorchTitan's: ``[training] steps = 40``
 becomes ``--training.steps 40`` on its command line, so TorchTitan itself
 checks every key and value, and a task flag that changes a field just
 changes that argument.
+
+Two exceptions, both filled in before TorchTitan sees them:
+
+- ``[parallelism]`` degrees may be ``"{nodes}"`` or ``"{procs_per_node}"``
+  (also ``"{world_size}"``), replaced by the job's numbers when it is
+  prepared: HSDP, sharded inside a node and replicated across nodes, is
+  ``data_parallel_replicate_degree = "{nodes}"`` with
+  ``data_parallel_shard_degree = "{procs_per_node}"``.
+- ``[activation_checkpoint]`` is read by our config registry, not passed as
+  options: TorchTitan selects the policy with a positional subcommand
+  (``activation-checkpoint:full``) that must follow every other option.
+  ``mode`` picks it (selective, full, memory-budget, none); the other keys
+  are that policy's own fields.
 """
 
 from __future__ import annotations
@@ -20,6 +33,10 @@ from titanenv.errors import TitanEnvError
 
 ENV_VAR = "TITANENV_TRAIN_TOML"
 OURS = ("model", "data")
+# TorchTitan sections our registry builds itself instead of passing them as options.
+BUILT_BY_REGISTRY = ("activation_checkpoint",)
+# What "{name}" may stand for in [parallelism].
+PARALLELISM_PLACEHOLDERS = ("nodes", "procs_per_node", "world_size")
 MODEL_KEYS = {"flavor", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "attention", "multiple_of"}
 DATA_KEYS = {"datasets", "weights", "tokenizer", "seed", "num_workers"}
 
@@ -39,6 +56,8 @@ class JobConfig:
         """TorchTitan's command-line options for every section but ours."""
         words: list[str] = []
         for section, values in self.torchtitan.items():
+            if section in BUILT_BY_REGISTRY:
+                continue
             for key, value in values.items():
                 if section == "optimizer" and key == "lr":
                     continue  # ours: TorchTitan keeps a learning rate per parameter group
@@ -62,6 +81,19 @@ class JobConfig:
             self.data[key] = value
         else:
             self.torchtitan.setdefault(section, {})[key] = value
+
+    def fill_parallelism(self, values: dict[str, int]) -> dict[str, int]:
+        """Replace ``"{nodes}"``-style degrees in [parallelism] by numbers; returns what was filled."""
+        filled = {}
+        for key, value in self.torchtitan.get("parallelism", {}).items():
+            if not isinstance(value, str) or not value.startswith("{"):
+                continue
+            name = value.strip("{}")
+            if value != f"{{{name}}}" or name not in values:
+                known = ", ".join(f'"{{{n}}}"' for n in PARALLELISM_PLACEHOLDERS)
+                raise JobConfigError(f"{self.path}: [parallelism] {key} = {value!r}: unknown placeholder (known: {known})")
+            filled[key] = self.torchtitan["parallelism"][key] = int(values[name])
+        return filled
 
     def to_toml(self) -> str:
         lines = [f"# Resolved from {self.path}"]

@@ -54,6 +54,22 @@ def model_spec(model: dict[str, Any]):
     return spec
 
 
+def activation_checkpoint(job: JobConfig):
+    """[activation_checkpoint]: ``mode`` picks TorchTitan's policy, the other keys are its fields."""
+    from torchtitan.distributed.activation_checkpoint import FullAC, MemoryBudgetAC, SelectiveAC
+
+    fields = dict(job.torchtitan.get("activation_checkpoint", {}))
+    mode = fields.pop("mode", "selective")
+    policies = {"selective": SelectiveAC, "full": FullAC, "memory-budget": MemoryBudgetAC, "none": None}
+    if mode not in policies:
+        raise ValueError(f"[activation_checkpoint] mode = {mode!r}: use one of {', '.join(policies)}")
+    if policies[mode] is None:
+        if fields:
+            raise ValueError(f"[activation_checkpoint] {next(iter(fields))}: mode none takes no options")
+        return None
+    return policies[mode].Config(**fields)
+
+
 def trainer_config(job: JobConfig):
     from torchtitan.components.checkpoint import CheckpointManager
     from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
@@ -84,6 +100,7 @@ def trainer_config(job: JobConfig):
         ),
         metrics=MetricsProcessor.Config(log_freq=1),
         checkpoint=CheckpointManager.Config(interval=20, last_save_model_only=False),
+        activation_checkpoint=activation_checkpoint(job),
     )
 
 
