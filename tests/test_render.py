@@ -7,6 +7,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,25 @@ def test_each_machine_renders_its_launcher_and_rendezvous_host(machine: str) -> 
     assert words[at - 2:at + 2] == [words[at - 2], "-u", "-m", module]
     assert words[at - 2].endswith("python")
     assert ('MASTER_ADDR="$MASTER_ADDR"i' in script) is suffix
+
+
+def test_gpu_jobs_go_only_to_gpus_the_containers_cuda_drives() -> None:
+    from titanenv.launch import unsupported_gpus
+
+    # CUDA 13 (the pinned image) dropped Volta: JUWELS Cluster's V100s cannot run it; the others can.
+    for machine in known_machines(REPO_ROOT):
+        config = load_config(REPO_ROOT, flags={"machine": machine}, environ={})
+        problem = unsupported_gpus(config)
+        assert (problem is not None) is (machine == "jwc"), (machine, problem)
+    jwc = load_config(REPO_ROOT, flags={"machine": "jwc"}, environ={})
+    assert unsupported_gpus(jwc) == ("the GPUs of jwc (compute capability 7.0) are older than the container's "
+                                     "CUDA 13.3 supports (7.5 and newer)")
+    older = load_config(REPO_ROOT, flags={"machine": "jwc", "container.contents.cuda": "12.9"}, environ={})
+    assert unsupported_gpus(older) is None
+    result = subprocess.run([sys.executable, "-m", "invoke", "train.submit", "--machine", "jwc", "--dry"],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "a training job there would die at its first CUDA call" in result.stderr
 
 
 def test_every_machine_has_a_launch_line_expectation() -> None:

@@ -21,6 +21,29 @@ LAUNCHER_MODULES = {
 }
 
 
+# The oldest GPU generation (compute capability) each CUDA major release builds
+# for: CUDA 12 from Maxwell, CUDA 13 from Turing (it dropped Volta, the V100).
+_OLDEST_GPU = {11: (3, 5), 12: (5, 0), 13: (7, 5)}
+
+
+def unsupported_gpus(config: Config) -> str | None:
+    """Why the machine's GPUs cannot run the container's CUDA, or None when they can (or it is unknown)."""
+    cluster = config.settings.cluster
+    cuda = config.settings.container.contents.cuda
+    if cluster.container_runtime == "none" or not cuda or not cluster.cuda_compute_capabilities:
+        return None
+    major = int(cuda.split(".")[0])
+    oldest = _OLDEST_GPU.get(major)
+    if oldest is None:
+        return None
+    usable = [cc for cc in cluster.cuda_compute_capabilities
+              if tuple(int(part) for part in cc.rstrip("abcdefghijklmnopqrstuvwxyz").split(".")) >= oldest]
+    if usable:
+        return None
+    return (f"the GPUs of {config.machine} (compute capability {', '.join(cluster.cuda_compute_capabilities)}) "
+            f"are older than the container's CUDA {cuda} supports ({oldest[0]}.{oldest[1]} and newer)")
+
+
 def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
     """Variables every job exports: caches into scratch, HF offline, CUDA archs, network."""
     cluster = config.settings.cluster

@@ -181,6 +181,14 @@ class ImageContents(Model):
     torch: StrictStr = Field(default="", description="torch's distribution version in the image (pip show torch)")
     python: StrictStr = Field(default="", description="X.Y of the image's Python")
     glibc: StrictStr = Field(default="", description="X.Y of the image's C library (manylinux wheels it accepts)")
+    cuda: StrictStr = Field(default="", description="X.Y of the image's CUDA (which GPU generations it can drive)")
+
+    @field_validator("cuda")
+    @classmethod
+    def _cuda(cls, value: str) -> str:
+        if value and not re.match(r"^\d+\.\d+$", value):
+            raise ValueError(f"{value!r} is not a CUDA release like '13.3'")
+        return value
 
     @field_validator("torch")
     @classmethod

@@ -335,8 +335,14 @@ def _quote(word: str) -> str:
 def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = print):
     """Render the machine's training script and submit it (a chain of jobs resuming each other)."""
     from titanenv import sbatch, slurm
+    from titanenv.launch import unsupported_gpus
     from titanenv.runs import new_run
 
+    problem = unsupported_gpus(config)
+    if problem:
+        raise TrainError(f"{problem}: a training job there would die at its first CUDA call; pin an image with an "
+                         f"older CUDA for {config.machine} (container.image and container.contents in "
+                         f"machines/{config.machine}.yaml or your user file), or train on another machine")
     procs = procs_per_node(config)
     prepared = _prepare_any(config, request, nodes=config.settings.slurm.nodes, procs=procs)
     run = new_run(config, "train")
