@@ -114,6 +114,7 @@ def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Ca
     submission = slurm.submit(
         config, run, script, dry=request.dry, dependency=request.dependency, echo=echo,
         extra={"data": {"output": plan.settings.output, "parts": str(plan.parts_dir),
+                        "tokenizer": str(plan.settings.tokenizer),
                         "inputs": plan.settings.inputs, "chunks": len(plan.chunks), "ranks": ranks}},
     )
     if not request.dry:

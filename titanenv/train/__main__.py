@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         if check:
             _check(toml, argv[1:])
             return 0
+        _check_datasets(toml)
     except TitanEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = ["torchtitan.train", *args]
     torchtitan.train.main()
     return 0
+
+
+def _check_datasets(toml: Path) -> None:
+    """The datasets, checked again where the job runs: one may have been written by a job it followed."""
+    from titanenv.train.job import check_data
+    from titanenv.train.jobconfig import read
+
+    check_data(read(toml))
 
 
 def _record_what_runs(toml: Path, args: list[str]) -> None:

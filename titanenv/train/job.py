@@ -52,6 +52,8 @@ class Prepared:
     filled: dict[str, int] = field(default_factory=dict)
     nodes: int = 1
     procs_per_node: int = 1
+    # Datasets still being written by preprocessing jobs of ours: prefix -> job ids the job must follow.
+    pending: dict[str, list[str]] = field(default_factory=dict)
 
     def shape(self) -> str:
         """One line: processes, and the degrees the TOML derived from them."""
@@ -76,11 +78,15 @@ def procs_per_node(config: Config) -> int:
     return config.settings.train.procs_per_node or config.settings.cluster.gpus_per_node or 1
 
 
-def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int = 1) -> Prepared:
+def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int = 1,
+            submitting: bool = False) -> Prepared:
     """Read the recipe (train.config), fill placeholders and flag overrides, check parallelism and data.
 
     ``nodes`` and ``procs`` (per node) are the job's: they fill ``"{nodes}"``,
-    ``"{procs_per_node}"`` and ``"{world_size}"`` in [parallelism].
+    ``"{procs_per_node}"`` and ``"{world_size}"`` in [parallelism]. When
+    ``submitting``, a dataset that a queued or running preprocessing job of
+    ours is still writing is not opened: the job follows that one and checks
+    it when it starts (``Prepared.pending``).
     """
     settings = config.settings.train
     path = recipe_path(config)
@@ -102,9 +108,10 @@ def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int
         check_parallelism(job, nodes * procs)  # else TorchTitan checks the options' final values
     name = settings.name or path.stem
     dump_folder = config.paths.checkpoint_dir / name
-    check_data(job)
+    pending = pending_datasets(config, job) if submitting else {}
+    check_data(job, skip=set(pending))
     return Prepared(job=job, name=name, dump_folder=dump_folder, text=job.to_toml(), extra=list(request.extra),
-                    filled=filled, nodes=nodes, procs_per_node=procs)
+                    filled=filled, nodes=nodes, procs_per_node=procs, pending=pending)
 
 
 def check_parallelism(job: JobConfig, world: int) -> None:
@@ -123,20 +130,63 @@ def check_parallelism(job: JobConfig, world: int) -> None:
                          "(their product must equal nodes x processes per node; -1 for the shard degree fills in)")
 
 
-def check_data(job: JobConfig) -> None:
-    """Every dataset opens, is consistent, fits the model's vocabulary and fills a window."""
+def check_data(job: JobConfig, skip: set[str] = frozenset()) -> None:
+    """Every dataset (but those in ``skip``) opens, is consistent, fits the model's vocabulary and fills a window."""
     from titanenv.train.dataset import Source, open_sources
 
     datasets = job.data.get("datasets") or []
     weights = job.data.get("weights") or [1.0] * len(datasets)
     if len(weights) != len(datasets):
         raise TrainError(f"{job.path}: [data] has {len(datasets)} datasets but {len(weights)} weights")
-    vocab = job.model.get("vocab_size") if job.model.get("flavor", "custom") == "custom" else None
+    vocab = _model_vocab(job)
     seq_len = int(job.get("training.seq_len", 2048))
-    datasets_opened = open_sources([Source(Path(p), float(w)) for p, w in zip(datasets, weights)],
-                                   seq_len=seq_len, vocab_size=int(vocab) if vocab else None)
+    sources = [Source(Path(p), float(w)) for p, w in zip(datasets, weights) if str(p) not in skip]
+    if not sources:
+        return
+    datasets_opened = open_sources(sources, seq_len=seq_len, vocab_size=vocab)
     for dataset in datasets_opened:
         dataset.close()
+
+
+def _model_vocab(job: JobConfig) -> int | None:
+    vocab = job.model.get("vocab_size") if job.model.get("flavor", "custom") == "custom" else None
+    return int(vocab) if vocab else None
+
+
+def pending_datasets(config: Config, job: JobConfig) -> dict[str, list[str]]:
+    """Datasets of the TOML that preprocessing jobs of ours are still writing: prefix -> their job ids.
+
+    Found from the run records of data.preprocess (its output prefix) and the
+    jobs' states; what can be checked now is: the tokenizer that job uses
+    fits the model's vocabulary.
+    """
+    from titanenv.data.tokenizer import load_tokenizer
+    from titanenv.runs import RunRecord, scan_runs
+    from titanenv.slurm.jobs import lookup
+
+    missing = [str(p) for p in job.data.get("datasets") or [] if not Path(f"{p}.idx").is_file()]
+    if not missing:
+        return {}
+    records = [entry for name in ("preprocess", "preprocess-parallel") for entry in scan_runs(config, name)
+               if isinstance(entry, RunRecord) and entry.job_ids]
+    found: dict[str, list[str]] = {}
+    for prefix in missing:
+        writers = [r for r in records if str((r.data.get("extra") or {}).get("data", {}).get("output")) == prefix]
+        if not writers:
+            continue
+        newest = max(writers, key=lambda r: r.submitted)
+        states = lookup(newest.job_ids).jobs
+        if all(state.ended or state.source == "none" for state in states):
+            continue  # it ended: the dataset check below says what is missing
+        tokenizer = (newest.data.get("extra") or {}).get("data", {}).get("tokenizer")
+        vocab = _model_vocab(job)
+        if tokenizer and vocab:
+            size = load_tokenizer(tokenizer, backend="hf").vocab_size
+            if size > vocab:
+                raise TrainError(f"dataset {prefix}: the preprocessing job {newest.job_ids[-1]} writing it uses "
+                                 f"{tokenizer} with {size:,} ids, more than the model's vocabulary of {vocab:,}")
+        found[prefix] = list(newest.job_ids)
+    return found
 
 
 def train_args(prepared: Prepared, toml: Path) -> list[str]:
@@ -279,13 +329,28 @@ def _local_gpus() -> int:
 # Our TorchTitan (Prepared) or a checkout's own (checkout.CheckoutJob): the
 # few steps where they differ.
 
-def _prepare_any(config: Config, request: TrainRequest, *, nodes: int, procs: int):
+def _prepare_any(config: Config, request: TrainRequest, *, nodes: int, procs: int, submitting: bool = False):
     from titanenv.train import checkout
 
     selected = checkout.selected(config)
     if selected is None:
-        return prepare(config, request, nodes=nodes, procs=procs)
+        return prepare(config, request, nodes=nodes, procs=procs, submitting=submitting)
     return checkout.prepare(config, selected, request.overrides, request.extra)
+
+
+def _with_pending(dependency: str | None, prepared, echo: Callable[[str], None]) -> str | None:
+    """The user's dependency, and afterok on the preprocessing jobs still writing the job's datasets."""
+    from titanenv.slurm import normalize_dependency
+
+    pending = getattr(prepared, "pending", {})
+    if not pending:
+        return dependency
+    ids = list(dict.fromkeys(job_id for job_ids in pending.values() for job_id in job_ids))
+    for prefix, job_ids in pending.items():
+        echo(f"dataset {prefix} is being written by job {','.join(job_ids)}: training follows it "
+             "and checks the dataset when it starts")
+    parts = [normalize_dependency(dependency)] if dependency else []
+    return ",".join([*parts, "afterok:" + ":".join(ids)])
 
 
 def _shape(prepared) -> str:
@@ -344,7 +409,8 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
                          f"older CUDA for {config.machine} (container.image and container.contents in "
                          f"machines/{config.machine}.yaml or your user file), or train on another machine")
     procs = procs_per_node(config)
-    prepared = _prepare_any(config, request, nodes=config.settings.slurm.nodes, procs=procs)
+    prepared = _prepare_any(config, request, nodes=config.settings.slurm.nodes, procs=procs, submitting=True)
+    dependency = _with_pending(request.dependency, prepared, echo)
     run = new_run(config, "train")
     # Beside the run directory: submission creates that directory itself, and
     # the job must find the TOML the moment it starts.
@@ -366,7 +432,7 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
             toml.unlink(missing_ok=True)
             raise
     submission = slurm.submit(
-        config, run, script, dry=request.dry, chain=request.chain, dependency=request.dependency, echo=echo,
+        config, run, script, dry=request.dry, chain=request.chain, dependency=dependency, echo=echo,
         extra={"train": _record(prepared)},
     )
     if not request.dry:
