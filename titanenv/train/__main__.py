@@ -6,11 +6,17 @@
 Reads the resolved TOML, applies the CPU fixes where there is no GPU, and
 runs TorchTitan's own ``torchtitan.train.main`` with our config registry and
 the TOML's TorchTitan options (options given here override them).
+
+First of all it takes over the stop signals (:mod:`titanenv.train.stop`), so
+a request that comes while torch is still importing is kept. A job that
+finds a checkpoint at or past ``training.steps`` ends at once, with status 0
+(a link of a chain after the training is done).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     check = bool(argv) and argv[0] == "--check"
     if check:
         argv = argv[1:]
+    else:
+        from titanenv.train import stop
+
+        stop.install()
     if not argv or argv[0].startswith("-"):
         print("usage: python -m titanenv.train [--check] RUN/train.toml [TorchTitan options]", file=sys.stderr)
         return 2
@@ -49,9 +59,34 @@ def main(argv: list[str] | None = None) -> int:
         cpu.apply()
     import torchtitan.train
 
+    done = finished(args)
+    if done is not None:
+        print(f"[titanenv] training is done: checkpoint step-{done[0]} reaches training.steps = {done[1]}; "
+              "nothing to train", file=sys.stderr, flush=True)
+        return 0
     sys.argv = ["torchtitan.train", *args]
     torchtitan.train.main()
     return 0
+
+
+def finished(args: list[str]) -> tuple[int, int] | None:
+    """``(latest checkpoint step, training.steps)`` when that checkpoint leaves nothing to train.
+
+    The check TorchTitan's loop would make after loading the checkpoint,
+    without building the model or loading anything.
+    """
+    from torchtitan.config import ConfigManager
+
+    config = ConfigManager().parse_args(args)
+    checkpoint, steps = config.checkpoint, config.training.steps
+    if not checkpoint.enable or checkpoint.load_step != -1 or steps < 0:
+        return None
+    folder = Path(config.dump_folder) / checkpoint.folder
+    found = [int(match.group(1)) for path in (folder.iterdir() if folder.is_dir() else ())
+             if (match := re.fullmatch(r"step-(\d+)", path.name))
+             and ((path / ".metadata").is_file() or (path / "model.safetensors.index.json").is_file())]
+    latest = max(found, default=-1)
+    return (latest, steps) if latest >= steps else None
 
 
 def _check(toml: Path, extra: list[str]) -> None:
