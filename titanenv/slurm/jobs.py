@@ -423,9 +423,7 @@ def read_log(path: Path | None, *, job_id: str, tail: int = 0) -> str:
 
 
 def runs_table(config: Config, *, limit: int = 20) -> str:
-    """Runs from their records, newest first: run, submitted, machine, git, jobs, states."""
-    from collections import Counter
-
+    """Runs from their records, newest first: run, submitted, machine, git, jobs, and each job's state."""
     from titanenv.runs import list_runs
 
     records = list_runs(config, limit=limit)
@@ -443,13 +441,8 @@ def runs_table(config: Config, *, limit: int = 20) -> str:
             notes = [f"note: job states unavailable: {exc}"]
     rows = []
     for record in records:
-        counts = Counter(states.get(jid, "?") for jid in record.job_ids)
-        if not record.job_ids:
-            summary = "(not a Slurm run)"
-        elif len(counts) == 1:
-            summary = next(iter(counts))
-        else:
-            summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+        # A chain's links in submission order, each with its own state (as JOBS lists them).
+        summary = ",".join(states.get(jid, "?") for jid in record.job_ids) or "(not a Slurm run)"
         relative = record.run_dir.relative_to(config.paths.runs_dir) if record.run_dir.is_relative_to(
             config.paths.runs_dir) else record.run_dir
         submitted = record.submitted.split(".")[0].removesuffix("+00:00") + "Z" if record.submitted else "-"
