@@ -118,10 +118,12 @@ def trainer_class():
                 self.first_step = self.step
             if not super().should_continue_training():
                 return False
-            if not self.stop_agreement.reached():
+            # Every job trains at least one step, so each link of a chain gets
+            # on even when asked to stop while it was starting (the lead
+            # covers a step and a checkpoint).
+            if self.step == self.first_step or not self.stop_agreement.reached():
                 return True
-            if self.step > self.first_step:
-                stop.save_for_resume(self.checkpointer, self.step)
+            stop.save_for_resume(self.checkpointer, self.step)
             return False
 
     return StoppingTrainer
