@@ -69,7 +69,11 @@ def job_launcher(config: Config) -> list[str]:
         return []
     from titanenv.container import job_exec_prefix
 
-    names = [name for name, _ in job_environment(config, training=True)]
+    from titanenv.train.stop import STOP_FILE_VARIABLE
+
+    # Docker and Podman get the job's variables by name; the stop marker's
+    # path is set by the training script (the one its stop trap writes).
+    names = [name for name, _ in job_environment(config, training=True)] + [STOP_FILE_VARIABLE]
     return job_exec_prefix(config, names)
 
 
@@ -85,6 +89,25 @@ def job_python(config: Config) -> str:
     if config.machine == "local":
         return sys.executable
     return str(config.paths.venv_dir / "bin" / "python")
+
+
+def stop_guard() -> list[str]:
+    """Words before the launcher that let it outlive the stop signals (see titanenv.train.stop).
+
+    Slurm signals every process of a job step, and srun passes on what the
+    batch shell forwards: torchrun's agent, which dies of USR1 and answers
+    TERM by killing its workers 30 s later, must ignore both. An ignored
+    signal stays ignored across exec and fork, so the agent and its workers
+    start that way; the workers then handle both (titanenv.train.stop), and
+    ``PET_SIGNALS_TO_HANDLE`` (torchrun's ``--signals-to-handle``) keeps the
+    agent from installing its own TERM handler. Runs inside the container,
+    after the runtime's starter, which resets the signals it handles.
+    """
+    from titanenv.train.stop import AGENT_SIGNALS_TO_HANDLE, SIGNALS
+
+    names = " ".join(SIGNALS)
+    script = f'trap "" {names}; export PET_SIGNALS_TO_HANDLE={AGENT_SIGNALS_TO_HANDLE}; exec "$@"'
+    return ["bash", "--noprofile", "--norc", "-c", script, "titanenv-stop-guard"]
 
 
 def torchrun(config: Config, python: str | None = None) -> list[str]:

@@ -12,6 +12,7 @@ in between (``jwb`` -> ``jsc`` -> common).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import shlex
@@ -20,9 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from titanenv.config import Config
-from titanenv.config.schema import PARTITION_KINDS, PartitionSpec
+from titanenv.config.schema import PARTITION_KINDS, PartitionSpec, slurm_time_seconds
 from titanenv.errors import ConfigError, RenderError
-from titanenv.launch import job_environment, job_launcher
+from titanenv.launch import job_environment, job_launcher, stop_guard
 from titanenv.launch import torchrun as launch_torchrun
 
 TEMPLATES_DIR = "sbatch_templates"
@@ -293,12 +294,34 @@ def train_script(
     dependency: str = "",
     nproc_per_node: int = 0,
 ) -> str:
-    """One task per node running the machine's launcher with c10d rendezvous on the first node."""
+    """One task per node running the machine's launcher with c10d rendezvous on the first node.
+
+    With ``cluster.stop_signal_lead`` N > 0 the job asks for USR1 N seconds
+    before its time limit and stops training with a checkpoint on it (and on
+    a preemption's TERM); see titanenv.train.stop.
+    """
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
+    lead = stop_lead(config)
+    if lead:
+        resources = dataclasses.replace(resources, options={**resources.options, "signal": f"B:USR1@{lead}"})
     return _render_job(
         config, "train.sbatch.j2", title="Train with TorchTitan", task=task, resources=resources,
         run_dir=run_dir, training=True, command=command, torchrun=torchrun or launch_torchrun(config),
         # One process per GPU; CPU-only machines run one per node unless told.
         nproc_per_node=nproc_per_node or cluster.gpus_per_node or 1,
+        stop_lead=lead, stop_guard=stop_guard() if lead else [],
     )
+
+
+def stop_lead(config: Config) -> int:
+    """``cluster.stop_signal_lead``, checked against the job's time limit (a lead as long stops every job at once)."""
+    lead = config.settings.cluster.stop_signal_lead
+    limit = slurm_time_seconds(config.settings.slurm.time)
+    if lead and limit is not None and lead >= limit:
+        raise ConfigError(
+            f"{lead} s before the time limit leaves no time to train within --time {config.settings.slurm.time}; "
+            "give a longer --time or a shorter lead (INVOKE_CLUSTER_STOP_SIGNAL_LEAD)",
+            source=config.origin("cluster.stop_signal_lead"), key="cluster.stop_signal_lead",
+        )
+    return lead

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.slurm import LocalSlurm
+from tests.fixtures.slurm import _free_ports as free_ports
 from tests.helpers import SHARED_DATA, run_invoke
 from tests.slurm.conftest import submitted_ids
 
@@ -29,6 +31,12 @@ def ok(*args: str, timeout: float = 600):
     result = run_invoke(*args, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
+
+
+def _own_rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Jobs of other Slurm clusters on this host rendezvous on the profile's fixed port.
+    (port,) = free_ports(1)
+    monkeypatch.setenv("INVOKE_CLUSTER_NETWORK_MASTER_PORT", str(port))
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +81,7 @@ def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_e
                                                           module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each launcher a machine profile can name (cluster.launcher), in a real job.
     monkeypatch.setenv("INVOKE_CLUSTER_LAUNCHER", launcher)
+    _own_rendezvous_port(monkeypatch)
     dry = ok("train.submit", "--dataset", str(dataset), "--steps", "3", "--procs-per-node", "2", "--dry")
     assert "--nproc_per_node=2" in dry.stdout and "# torchtitan: torchtitan.train --module titanenv.train.registry" in dry.stdout
     assert f" -u -m {module} " in dry.stdout
@@ -130,6 +139,9 @@ def test_bad_input_fails_before_submission_in_one_line(dataset: Path, tmp_path: 
         (["--dataset", str(dataset), "--seq-len", "100000000"], "cannot fill one window of seq_len"),
         (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "unknown_key", "[metrics]", "[metrics]\nlog_fraq = 2"))],
          "TorchTitan does not know metrics.log_fraq"),
+        (["--dataset", str(dataset), "--time", "00:00:30"],
+         "machines/local.yaml:24: cluster.stop_signal_lead: 30 s before the time limit leaves no time to train "
+         "within --time 00:00:30"),
     ]
     for args, expected in cases:
         result = run_invoke("train.submit", *args, timeout=300)  # not ok(): must fail
@@ -177,7 +189,9 @@ def test_without_torch_here_the_job_environment_checks_the_toml(dataset: Path, t
 
 
 @pytest.mark.slurm
-def test_a_resubmission_and_a_chain_go_on_from_the_latest_checkpoint(dataset: Path, slurm_env: LocalSlurm) -> None:
+def test_a_resubmission_and_a_chain_go_on_from_the_latest_checkpoint(dataset: Path, slurm_env: LocalSlurm,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _own_rendezvous_port(monkeypatch)
     common = ["--name", "resubmitted", "--time", "00:10:00", "--dataset", str(dataset), "--batch-size", "2",
               "--partition", "debug", "--checkpoint-interval", "2"]
 
@@ -195,5 +209,77 @@ def test_a_resubmission_and_a_chain_go_on_from_the_latest_checkpoint(dataset: Pa
     # the chain finds the run finished and starts after its last checkpoint.
     link1, link2 = run_to_end("--steps", "6", "--chain", "2")
     assert "Training starts at step 5" in link1 and sorted(losses(link1)) == [5, 6], link1[-3000:]
-    assert "Training starts at step 7" in link2 and losses(link2) == {}, link2[-3000:]
+    # It ends at once: no model built, no checkpoint loaded.
+    assert "training is done: checkpoint step-6 reaches training.steps = 6; nothing to train" in link2, link2[-3000:]
+    assert "Training starts" not in link2 and losses(link2) == {}, link2[-3000:]
     assert all(math.isfinite(v) for v in losses(link1).values())
+
+
+STOPPED = re.compile(r"checkpoint of step (\d+) on disk")
+
+
+def _logs(job_id: str) -> str:
+    return run_invoke("jobs.logs", "--job", job_id, "--err").stdout + run_invoke("jobs.logs", "--job", job_id).stdout
+
+
+@pytest.mark.slurm
+def test_a_chain_outlives_the_time_limit_link_by_link(dataset: Path, slurm_env: LocalSlurm,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # One-minute links (Slurm's shortest), a step count none can reach; USR1
+    # comes 20-50 s before each limit (slurmctld looks every 30 s), which
+    # leaves a loaded 2-core host time for a step, the save and the exit.
+    monkeypatch.setenv("INVOKE_CLUSTER_STOP_SIGNAL_LEAD", "20")
+    _own_rendezvous_port(monkeypatch)
+    submitted = ok("train.submit", "--name", "outlives", "--time", "00:01:00", "--steps", "100000",
+                   "--checkpoint-interval", "10", "--dataset", str(dataset), "--batch-size", "2",
+                   "--partition", "debug", "--chain", "3")
+    ids = submitted_ids(submitted.stdout)
+    assert len(ids) == 3
+    waited = run_invoke("jobs.wait", "--job", ",".join(ids), "--interval", "1", timeout=900)
+    logs = [_logs(i) for i in ids]
+    # Every link ended COMPLETED (afterok let the next one start), none TIMEOUT.
+    assert waited.returncode == 0, waited.stdout + waited.stderr + logs[-1][-3000:]
+
+    next_step, trained = 1, []
+    for job_id, log in zip(ids, logs):
+        assert "SIGUSR1: asking training to save a checkpoint and stop" in log, log[-3000:]
+        assert f"Training starts at step {next_step}" in log, log[-3000:]
+        steps = sorted(losses(log))
+        # From where the last link stopped (at least one step) up to its own
+        # checkpoint: nothing lost, nothing trained twice.
+        assert steps and steps == list(range(next_step, steps[-1] + 1)), log[-3000:]
+        assert [int(s) for s in STOPPED.findall(log)] == [steps[-1]], log[-3000:]
+        next_step = steps[-1] + 1
+        trained += steps
+    assert len(trained) == len(set(trained))
+    checkpoints = next(Path.home().glob("trustllm/scratch/**/experiments/outlives/checkpoint"))
+    assert f"step-{trained[-1]}" in {p.name for p in checkpoints.iterdir()}
+
+    runs = run_invoke("jobs.status", "--runs").stdout.splitlines()
+    row = next(line for line in runs if line.startswith("train/"))
+    assert row.split()[-2:] == [",".join(ids), "COMPLETED,COMPLETED,COMPLETED"], runs
+
+
+@pytest.mark.slurm
+def test_a_term_as_on_preemption_saves_and_ends_the_job_successfully(dataset: Path, slurm_env: LocalSlurm,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _own_rendezvous_port(monkeypatch)
+    # Two ranks: they agree on the stop over gloo and both write their part of the checkpoint.
+    submitted = ok("train.submit", "--name", "preempted", "--time", "00:10:00", "--steps", "100000",
+                   "--checkpoint-interval", "1000", "--dataset", str(dataset), "--batch-size", "2",
+                   "--procs-per-node", "2", "--partition", "debug")
+    (job_id,) = submitted_ids(submitted.stdout)
+    out = Path(slurm_env.job(job_id).fields["StdOut"])
+    while not losses(out.read_text() if out.exists() else ""):
+        assert not slurm_env.job(job_id).ended, _logs(job_id)[-3000:]
+        time.sleep(0.5)
+    # What a preempting Slurm does first: TERM to every process of the job's steps.
+    slurm_env.run(["scancel", "--signal=TERM", job_id])
+    info = slurm_env.wait(job_id, timeout=300)
+    log = _logs(job_id)
+    assert (info.state, info.exit_code) == ("COMPLETED", 0), log[-3000:]
+    steps = sorted(losses(log))
+    assert log.count("stop requested (SIGTERM)") == 2, log[-3000:]
+    assert steps == list(range(1, steps[-1] + 1)), log[-3000:]
+    # Both ranks stopped after the same step, and logged it.
+    assert [int(s) for s in STOPPED.findall(log)] == [steps[-1]] * 2, log[-3000:]

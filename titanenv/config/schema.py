@@ -44,6 +44,27 @@ def slurm_time_problem(value: str) -> str | None:
     return f"{value!r} is not a Slurm time limit; use MM, HH:MM:SS or D-HH:MM:SS (e.g. 00:20:00)"
 
 
+def slurm_time_seconds(value: str) -> int | None:
+    """A valid Slurm time limit in seconds; None for UNLIMITED/INFINITE.
+
+    Slurm's reading (sbatch(1)): a lone number is minutes, ``A:B`` minutes and
+    seconds, ``A:B:C`` hours, minutes and seconds; after ``D-``, ``H``,
+    ``H:M`` or ``H:M:S``.
+    """
+    if value in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, rest = value.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if dash:
+        parts += [0] * (3 - len(parts))
+        hours, minutes, seconds = parts
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, minutes, seconds = 0, parts[0], parts[1] if len(parts) > 1 else 0
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 def _scalar_to_str(value: Any) -> Any:
     # Environment values are naturally written as numbers in YAML (NCCL_IB_TIMEOUT: 20).
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -129,6 +150,10 @@ class Cluster(Model):
     container_runtime: Runtime
     container_binary: StrictStr
     launcher: Launcher = Field(description="distributed launcher of training jobs: torchrun or torchrun_jsc")
+    stop_signal_lead: Annotated[StrictInt, Field(ge=0, le=65535)] = Field(
+        description="seconds before a training job's time limit at which Slurm asks it to save a checkpoint and "
+        "stop (sbatch --signal=B:USR1@N); 0: never"
+    )
     sbatch_options: dict[StrictStr, EnvValue] = Field(
         default={}, description="extra #SBATCH options for every job on this machine"
     )

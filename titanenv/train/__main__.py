@@ -6,11 +6,17 @@
 Reads the resolved TOML, applies the CPU fixes where there is no GPU, and
 runs TorchTitan's own ``torchtitan.train.main`` with our config registry and
 the TOML's TorchTitan options (options given here override them).
+
+First of all it takes over the stop signals (:mod:`titanenv.train.stop`), so
+a request that comes while torch is still importing is kept. A job that
+finds a checkpoint at or past ``training.steps`` ends at once, with status 0
+(a link of a chain after the training is done).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     check = bool(argv) and argv[0] == "--check"
     if check:
         argv = argv[1:]
+    else:
+        from titanenv.train import stop
+
+        stop.install()
     if not argv or argv[0].startswith("-"):
         print("usage: python -m titanenv.train [--check] RUN/train.toml [TorchTitan options]", file=sys.stderr)
         return 2
@@ -48,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if cpu.needed():
         cpu.apply()
+    from torchtitan.config import ConfigManager
+
+    resolved = ConfigManager().parse_args(args)
     if os.environ.get("RANK", "0") == "0":
-        _record_what_runs(toml, args)
+        _record_what_runs(toml, resolved)
     import torchtitan.train
 
+    done = finished(resolved)
+    if done is not None:
+        print(f"[titanenv] training is done: checkpoint step-{done[0]} reaches training.steps = {done[1]}; "
+              "nothing to train", file=sys.stderr, flush=True)
+        return 0
     sys.argv = ["torchtitan.train", *args]
     torchtitan.train.main()
     return 0
@@ -65,16 +83,31 @@ def _check_datasets(toml: Path) -> None:
     check_data(read(toml))
 
 
-def _record_what_runs(toml: Path, args: list[str]) -> None:
+def _record_what_runs(toml: Path, resolved) -> None:  # noqa: ANN001 - TorchTitan's Trainer.Config
     """Print and keep versions, container, commits and TorchTitan's resolved configuration (rank 0)."""
     import json
 
-    from torchtitan.config import ConfigManager
-
     from titanenv.train import provenance
 
-    resolved = json.loads(json.dumps(ConfigManager().parse_args(args).to_dict(), default=str))
-    provenance.record(toml, resolved, echo=lambda line: print(line, flush=True))
+    as_data = json.loads(json.dumps(resolved.to_dict(), default=str))
+    provenance.record(toml, as_data, echo=lambda line: print(line, flush=True))
+
+
+def finished(config) -> tuple[int, int] | None:  # noqa: ANN001 - TorchTitan's Trainer.Config
+    """``(latest checkpoint step, training.steps)`` when that checkpoint leaves nothing to train.
+
+    The check TorchTitan's loop would make after loading the checkpoint,
+    without building the model or loading anything.
+    """
+    checkpoint, steps = config.checkpoint, config.training.steps
+    if not checkpoint.enable or checkpoint.load_step != -1 or steps < 0:
+        return None
+    folder = Path(config.dump_folder) / checkpoint.folder
+    found = [int(match.group(1)) for path in (folder.iterdir() if folder.is_dir() else ())
+             if (match := re.fullmatch(r"step-(\d+)", path.name))
+             and ((path / ".metadata").is_file() or (path / "model.safetensors.index.json").is_file())]
+    latest = max(found, default=-1)
+    return (latest, steps) if latest >= steps else None
 
 
 def _check(toml: Path, extra: list[str]) -> None:

@@ -3,11 +3,14 @@
 TorchTitan imports this module and calls the named function for the
 ``Trainer.Config`` it then overrides with its command-line options (which
 ``python -m titanenv.train`` makes from the TOML's TorchTitan sections).
+That config builds :func:`trainer_class`, TorchTitan's own ``Trainer`` that
+also stops at a step boundary when asked (:mod:`titanenv.train.stop`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from titanenv.train.jobconfig import JobConfig, read_resolved
@@ -77,13 +80,12 @@ def trainer_config(job: JobConfig):
     from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
     from torchtitan.config import TrainingConfig
     from torchtitan.models.common.config_utils import decoder_vocab_size
-    from torchtitan.trainer import Trainer
 
     from titanenv.train.loader import PretokenizedDataLoader
 
     spec = model_spec(job.model)
     vocab = decoder_vocab_size(spec)
-    return Trainer.Config(
+    return trainer_class().Config(
         model_spec=spec,
         hf_assets_path=str(job.data.get("tokenizer", "")),
         loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config(global_vocab_size=vocab)),
@@ -102,6 +104,46 @@ def trainer_config(job: JobConfig):
         checkpoint=CheckpointManager.Config(interval=20, last_save_model_only=False),
         activation_checkpoint=activation_checkpoint(job),
     )
+
+
+@functools.cache
+def trainer_class():
+    """TorchTitan's ``Trainer``, stopping early on request with a checkpoint to resume from.
+
+    Its ``Config`` is TorchTitan's own (same fields, same options); declaring
+    it here makes ``Config.build()`` construct this class. Made on first use,
+    so importing this module does not import TorchTitan.
+    """
+    from torchtitan.trainer import Trainer
+
+    from titanenv.train import stop
+
+    class StoppingTrainer(Trainer):
+        """Ends the training loop at a step boundary once any rank is asked to stop (titanenv.train.stop)."""
+
+        @dataclasses.dataclass(kw_only=True, slots=True)
+        class Config(Trainer.Config):
+            pass
+
+        def __init__(self, config: Config) -> None:
+            super().__init__(config)
+            self.stop_agreement = stop.Agreement()
+            self.first_step: int | None = None  # the step this job started after
+
+        def should_continue_training(self) -> bool:
+            if self.first_step is None:
+                self.first_step = self.step
+            if not super().should_continue_training():
+                return False
+            # Every job trains at least one step, so each link of a chain gets
+            # on even when asked to stop while it was starting (the lead
+            # covers a step and a checkpoint).
+            if self.step == self.first_step or not self.stop_agreement.reached():
+                return True
+            stop.save_for_resume(self.checkpointer, self.step)
+            return False
+
+    return StoppingTrainer
 
 
 def from_toml():
