@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import REPO_ROOT
 from titanenv import sbatch
 from titanenv.config import known_machines, load_config
-from titanenv.errors import RenderError
+from titanenv.errors import ConfigError, RenderError
 
 # Values that would break or inject into a naively written script.
 HOSTILE = [
@@ -170,6 +170,15 @@ def test_gpu_jobs_go_only_to_gpus_the_containers_cuda_drives() -> None:
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "a training job there would die at its first CUDA call" in result.stderr
+
+
+def test_local_jobs_rendezvous_on_a_free_port_and_containers_need_a_fixed_one() -> None:
+    local = load_config(REPO_ROOT, environ={})
+    script = sbatch.train_script(local, run_dir=Path("/r"), command=["x"])
+    assert "s.bind((\"\", 0))" in script and "export MASTER_PORT=" not in script
+    podman = load_config(REPO_ROOT, flags={"cluster.container_runtime": "podman"}, environ={})
+    with pytest.raises(ConfigError, match=r"machines/local.yaml:\d+: cluster.network.master_port: port 0"):
+        sbatch.train_script(podman, run_dir=Path("/r"), command=["x"])
 
 
 def test_every_machine_has_a_launch_line_expectation() -> None:

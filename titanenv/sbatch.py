@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 from titanenv.config import Config
 from titanenv.config.schema import PARTITION_KINDS, PartitionSpec, slurm_time_seconds
 from titanenv.errors import ConfigError, RenderError
-from titanenv.launch import job_environment, job_launcher, stop_guard
+from titanenv.launch import job_environment, job_launcher, job_python, stop_guard
 from titanenv.launch import torchrun as launch_torchrun
 
 TEMPLATES_DIR = "sbatch_templates"
@@ -302,6 +302,12 @@ def train_script(
     """
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
+    if not cluster.network.master_port and cluster.container_runtime != "none":
+        raise ConfigError(
+            "port 0 (a free port chosen at job start) needs the host's Python, which only runtime none uses; "
+            "give a fixed port",
+            source=config.origin("cluster.network.master_port"), key="cluster.network.master_port",
+        )
     lead = stop_lead(config)
     if lead:
         resources = dataclasses.replace(resources, options={**resources.options, "signal": f"B:USR1@{lead}"})
@@ -311,6 +317,7 @@ def train_script(
         # One process per GPU; CPU-only machines run one per node unless told.
         nproc_per_node=nproc_per_node or cluster.gpus_per_node or 1,
         stop_lead=lead, stop_guard=stop_guard() if lead else [],
+        port_python=job_python(config),
     )
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.slurm import LocalSlurm
-from tests.fixtures.slurm import _free_ports as free_ports
 from tests.helpers import SHARED_DATA, run_invoke
 from tests.slurm.conftest import submitted_ids
 
@@ -31,12 +30,6 @@ def ok(*args: str, timeout: float = 600):
     result = run_invoke(*args, timeout=timeout)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     return result
-
-
-def _own_rendezvous_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Jobs of other Slurm clusters on this host rendezvous on the profile's fixed port.
-    (port,) = free_ports(1)
-    monkeypatch.setenv("INVOKE_CLUSTER_NETWORK_MASTER_PORT", str(port))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +74,6 @@ def test_a_training_job_with_two_tasks_on_the_local_slurm(dataset: Path, slurm_e
                                                           module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Each launcher a machine profile can name (cluster.launcher), in a real job.
     monkeypatch.setenv("INVOKE_CLUSTER_LAUNCHER", launcher)
-    _own_rendezvous_port(monkeypatch)
     dry = ok("train.submit", "--dataset", str(dataset), "--steps", "3", "--procs-per-node", "2", "--dry")
     assert "--nproc_per_node=2" in dry.stdout and "# torchtitan: torchtitan.train --module titanenv.train.registry" in dry.stdout
     assert f" -u -m {module} " in dry.stdout
@@ -191,7 +183,6 @@ def test_without_torch_here_the_job_environment_checks_the_toml(dataset: Path, t
 @pytest.mark.slurm
 def test_a_resubmission_and_a_chain_go_on_from_the_latest_checkpoint(dataset: Path, slurm_env: LocalSlurm,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    _own_rendezvous_port(monkeypatch)
     common = ["--name", "resubmitted", "--time", "00:10:00", "--dataset", str(dataset), "--batch-size", "2",
               "--partition", "debug", "--checkpoint-interval", "2"]
 
@@ -229,7 +220,6 @@ def test_a_chain_outlives_the_time_limit_link_by_link(dataset: Path, slurm_env: 
     # comes 20-50 s before each limit (slurmctld looks every 30 s), which
     # leaves a loaded 2-core host time for a step, the save and the exit.
     monkeypatch.setenv("INVOKE_CLUSTER_STOP_SIGNAL_LEAD", "20")
-    _own_rendezvous_port(monkeypatch)
     submitted = ok("train.submit", "--name", "outlives", "--time", "00:01:00", "--steps", "100000",
                    "--checkpoint-interval", "10", "--dataset", str(dataset), "--batch-size", "2",
                    "--partition", "debug", "--chain", "3")
@@ -263,7 +253,6 @@ def test_a_chain_outlives_the_time_limit_link_by_link(dataset: Path, slurm_env: 
 @pytest.mark.slurm
 def test_a_term_as_on_preemption_saves_and_ends_the_job_successfully(dataset: Path, slurm_env: LocalSlurm,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    _own_rendezvous_port(monkeypatch)
     # Two ranks: they agree on the stop over gloo and both write their part of the checkpoint.
     submitted = ok("train.submit", "--name", "preempted", "--time", "00:10:00", "--steps", "100000",
                    "--checkpoint-interval", "1000", "--dataset", str(dataset), "--batch-size", "2",

@@ -122,7 +122,9 @@ class Network(Model):
     """Settings of multi-node jobs."""
 
     master_host_suffix: StrictStr = ""
-    master_port: StrictInt = Field(ge=1, le=65535)
+    # 0: a free port of the first node, chosen when the job starts (nodes shared
+    # between jobs; needs the host's Python, so runtime none only).
+    master_port: StrictInt = Field(ge=0, le=65535)
     env: dict[StrictStr, EnvValue] = {}
 
     @field_validator("env")
