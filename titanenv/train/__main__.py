@@ -16,7 +16,6 @@ finds a checkpoint at or past ``training.steps`` ends at once, with status 0
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -102,11 +101,10 @@ def finished(config) -> tuple[int, int] | None:  # noqa: ANN001 - TorchTitan's T
     checkpoint, steps = config.checkpoint, config.training.steps
     if not checkpoint.enable or checkpoint.load_step != -1 or steps < 0:
         return None
-    folder = Path(config.dump_folder) / checkpoint.folder
-    found = [int(match.group(1)) for path in (folder.iterdir() if folder.is_dir() else ())
-             if (match := re.fullmatch(r"step-(\d+)", path.name))
-             and ((path / ".metadata").is_file() or (path / "model.safetensors.index.json").is_file())]
-    latest = max(found, default=-1)
+    from titanenv.train.checkpoints import latest_readable
+
+    # Only a checkpoint the run could load counts: a damaged last one is trained again.
+    latest = latest_readable(Path(config.dump_folder) / checkpoint.folder)
     return (latest, steps) if latest >= steps else None
 
 

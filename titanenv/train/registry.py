@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Any
 
 from titanenv.train.jobconfig import JobConfig, read_resolved
@@ -128,6 +129,8 @@ def trainer_class():
         def __init__(self, config: Config) -> None:
             super().__init__(config)
             self.stop_agreement = stop.Agreement()
+            if config.checkpoint.enable and config.checkpoint.load_step == -1:
+                _set_aside_unreadable(Path(config.dump_folder) / config.checkpoint.folder)
             self.first_step: int | None = None  # the step this job started after
 
         def should_continue_training(self) -> bool:
@@ -144,6 +147,18 @@ def trainer_class():
             return False
 
     return StoppingTrainer
+
+
+def _set_aside_unreadable(folder: Path) -> None:
+    """Rank 0 moves damaged newest checkpoints out of the way; every rank then resumes from the same one."""
+    import torch.distributed as dist
+
+    from titanenv.train import checkpoints, stop
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        checkpoints.set_aside_unreadable(folder, stop.log)
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def from_toml():

@@ -104,7 +104,7 @@ class Agreement:
         why = requested()
         if why is not None and self._told is None:
             self._told = why
-            _log(f"stop requested ({why}); stopping at the next step boundary")
+            log(f"stop requested ({why}); stopping at the next step boundary")
         if self._group is None:
             return why is not None
         self._flag.fill_(0 if why is None else 1)
@@ -121,7 +121,7 @@ def save_for_resume(checkpointer: Any, step: int) -> None:
     saved is only waited for.
     """
     if not getattr(checkpointer, "enable", False) or getattr(checkpointer, "load_only", False):
-        _log(f"checkpointing is off: nothing saved at step {step}; a next job starts from the last checkpoint")
+        log(f"checkpointing is off: nothing saved at step {step}; a next job starts from the last checkpoint")
         return
     began = time.monotonic()
     already = step % checkpointer.interval == 0 or (step == 1 and checkpointer.enable_first_step_checkpoint)
@@ -136,11 +136,11 @@ def save_for_resume(checkpointer: Any, step: int) -> None:
             checkpointer.save(step, last_step=True)
         finally:
             checkpointer.last_save_model_only, checkpointer.last_save_in_hf = model_only, in_hf
-    _log(f"checkpoint of step {step} on disk ({time.monotonic() - began:.1f} s); stopping, a next job resumes "
+    log(f"checkpoint of step {step} on disk ({time.monotonic() - began:.1f} s); stopping, a next job resumes "
          f"at step {step + 1}")
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     from torchtitan.tools.logging import logger
 
     logger.info(f"[titanenv] {message}")
