@@ -293,12 +293,15 @@ def train_script(
     task: str = "train.submit",
     dependency: str = "",
     nproc_per_node: int = 0,
+    stoppable: bool = True,
 ) -> str:
     """One task per node running the machine's launcher with c10d rendezvous on the first node.
 
     With ``cluster.stop_signal_lead`` N > 0 the job asks for USR1 N seconds
     before its time limit and stops training with a checkpoint on it (and on
-    a preemption's TERM); see titanenv.train.stop.
+    a preemption's TERM); see titanenv.train.stop. ``stoppable`` False (a
+    checkout's own entry point, which knows nothing of that signal) leaves
+    all of that out.
     """
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
@@ -308,7 +311,7 @@ def train_script(
             "give a fixed port",
             source=config.origin("cluster.network.master_port"), key="cluster.network.master_port",
         )
-    lead = stop_lead(config)
+    lead = stop_lead(config) if stoppable else 0
     if lead:
         resources = dataclasses.replace(resources, options={**resources.options, "signal": f"B:USR1@{lead}"})
     return _render_job(

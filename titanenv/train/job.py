@@ -418,6 +418,8 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     args = _args(prepared, toml, cpu=config.settings.cluster.gpus_per_node == 0)
     script = sbatch.train_script(
         config, run_dir=run.path, command=args, nproc_per_node=procs,
+        # Only our entry point saves and stops on the warning signal.
+        stoppable=isinstance(prepared, Prepared),
     )
     if request.dry:
         echo(f"# {toml}: {_shape(prepared)}")
