@@ -399,6 +399,33 @@ class ProjectInstall(Model):
     pip_args: list[StrictStr] = []
 
 
+class HubSettings(Model):
+    """env.hub-download: what to fetch from the HuggingFace Hub into the scratch caches, and how."""
+
+    models: list[StrictStr] = Field(default=[], description="ID[@REVISION]")
+    tokenizers: list[StrictStr] = Field(default=[], description="ID[@REVISION]: only tokenizer_files")
+    datasets: list[StrictStr] = Field(
+        default=[], description="ID[@REVISION][:CONFIG[:SPLIT]], or a local path (/, ./ = this repository's, ~)"
+    )
+    metrics: list[StrictStr] = Field(default=[], description="evaluate metric NAME[@REVISION]")
+    trust_remote_code: StrictBool = Field(
+        default=False, description="download a model's or tokenizer's *.py and allow community metrics"
+    )
+    model_ignore: list[StrictStr] = Field(default=[], description="globs a model download leaves out")
+    tokenizer_files: list[StrictStr] = Field(default=[], description="globs a tokenizer download takes")
+
+    @field_validator("models", "tokenizers", "datasets", "metrics")
+    @classmethod
+    def _names(cls, value: list[str], info: Any) -> list[str]:
+        # Standard library only: the same check the download step repeats in the container.
+        from titanenv.envsetup.hubfetch import parse
+
+        kind = info.field_name.removesuffix("s")
+        for text in value:
+            parse(kind, text, base="/")
+        return value
+
+
 class EnvSettings(Model):
     """The software stack inside the container: venv, pinned repositories, offline bundle."""
 
@@ -417,6 +444,7 @@ class EnvSettings(Model):
     pip_args: list[StrictStr] = []
     download_args: list[StrictStr] = []
     bundle_dir: StrictStr
+    hub: HubSettings = HubSettings()
 
     @field_validator("torch")
     @classmethod
