@@ -47,4 +47,30 @@ def verify_bundle(c, machine=None):
     print(f"ok {summary.path}: {summary.files} files match MANIFEST.json ({summary.wheels} wheels; {pins or 'no repositories'})")
 
 
-ns = Collection(setup, download, verify_bundle)
+@task(
+    name="hub-download",
+    iterable=["model", "tokenizer", "dataset", "metric"],
+    help={
+        "machine": MACHINE_HELP,
+        "runtime": RUNTIME_HELP,
+        "binary": BINARY_HELP,
+        "model": "Model to fetch, ID[@REVISION] (repeatable; replaces env.hub.models), e.g. gpt2.",
+        "tokenizer": "Tokenizer files to fetch, ID[@REVISION] (repeatable; replaces env.hub.tokenizers).",
+        "dataset": "Dataset to prepare, ID[@REVISION][:CONFIG[:SPLIT]] such as wikitext:wikitext-103-raw-v1, "
+                   "or a local file/directory starting with / ./ ../ or ~ (repeatable; replaces env.hub.datasets).",
+        "metric": "evaluate metric to fetch, NAME[@REVISION] (repeatable; replaces env.hub.metrics).",
+        "trust_remote_code": "Also fetch models' and tokenizers' *.py (custom code) and allow community metrics "
+                             "(default: env.hub.trust_remote_code, off).",
+        "dry": "Print the plan (each item and where it lands, the step's environment and command); download nothing.",
+    },
+)
+def hub_download(c, machine=None, runtime=None, binary=None, model=None, tokenizer=None, dataset=None, metric=None,
+                 trust_remote_code=False, dry=False):
+    """Download Hub models, tokenizers, datasets and metrics into the scratch caches jobs read offline."""
+    from titanenv.envsetup.hub import download as run_download
+
+    given = {"model": model, "tokenizer": tokenizer, "dataset": dataset, "metric": metric}
+    run_download(config_for(c, machine, runtime, binary), given, trust_remote_code=trust_remote_code or None, dry=dry)
+
+
+ns = Collection(setup, download, verify_bundle, hub_download)
