@@ -221,3 +221,13 @@ def test_a_model_download_leaves_out_duplicate_weights_and_code_unless_trusted()
     assert model_ignore_patterns(files, ["*.h5"], True) == ["*.h5", "*.bin", "*.pt", "*.pth"]
     # Without safetensors the PyTorch weights are what transformers loads.
     assert model_ignore_patterns(["config.json", "pytorch_model.bin"], [], True) == []
+
+
+def test_in_a_docker_or_podman_container_the_step_gets_the_online_variables_on_its_command_line(site: Site) -> None:
+    # They see only what --env gives them; Apptainer inherits the process environment the plan prints.
+    out = ok(site.invoke("env.hub-download", "--dry", "--runtime", "podman", "--model", "gpt2"))
+    _, environment, argv = plan_parts(out)
+    given = {argv[i + 1] for i, word in enumerate(argv) if word == "--env"}
+    assert {"HF_HUB_OFFLINE=0", "HF_DATASETS_OFFLINE=0", f"HF_HOME={site.hf_home}"} <= given
+    assert not any(value.endswith("OFFLINE=1") for value in given)
+    assert given == {f"{name}={value}" for name, value in environment.items()}
