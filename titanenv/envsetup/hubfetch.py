@@ -289,7 +289,13 @@ def main(argv: list[str]) -> int:
                 complain(f"--{kind} {problem}")
                 return 2
             items.append(item)
-    if not report_environment(items, args.trust_remote_code):
+    try:
+        online = report_environment(items, args.trust_remote_code)
+    except ModuleNotFoundError as exc:
+        complain(f"the venv's Python ({sys.executable}) has no {exc.name} (datasets brings huggingface_hub); "
+                 "run invoke env.setup")
+        return 1
+    if not online:
         return 1
     failed = 0
     for item in items:
