@@ -132,3 +132,22 @@ def test_a_refused_name_is_one_line_naming_it_and_where_it_came_from() -> None:
         split_destination("jwb:ssh", "--host")
     assert split_destination("me@jwb:2222", "fab -H") == ("me", "jwb", 2222)
     assert split_destination("::1", "fab -H") == (None, "::1", None)
+
+
+def test_a_proxycommand_is_run_as_the_ssh_config_expanded_it(tmp_path: Path) -> None:
+    """Fabric parsed it again under `Host <hostname>`, a KeyError where the name is no pattern of itself."""
+    import sys
+
+    from titanenv.remote.connection import ProjectConnection, fabric_config
+
+    seen = tmp_path / "seen"
+    config_file = tmp_path / "config"
+    relay = "import sys; print('up', flush=True); sys.stdin.read()"
+    config_file.write_text(f'Host *\n  ProxyCommand sh -c "echo %h:%p > {seen}; exec {sys.executable} -c \\"{relay}\\""\n')
+    cxn = ProjectConnection("box[1]", config=fabric_config(str(config_file)))
+    proxy = cxn.open_gateway()
+    try:
+        assert proxy.recv(3) == b"up\n"
+    finally:
+        proxy.close()
+    assert seen.read_text() == "box[1]:22\n"

@@ -33,6 +33,7 @@ from fabric import Config as FabricConfig
 from fabric import Connection
 from fabric.runners import Remote
 from paramiko.hostkeys import HostKeyEntry, HostKeys
+from paramiko.proxy import ProxyCommand
 
 from titanenv.remote.errors import ConnectError, HostKeyError
 from titanenv.remote.sshconfig import host_key_policy as policy_from_ssh_config
@@ -211,6 +212,14 @@ class ProjectConnection(Connection):
         return previous
 
     def open_gateway(self) -> Any:
+        if isinstance(self.gateway, str) and self.gateway == self.ssh_config.get("proxycommand"):
+            # Paramiko already expanded its tokens; Fabric would parse it again as
+            # the ProxyCommand of a `Host <hostname>` block, and fail (KeyError) on
+            # a hostname that is no Host pattern of itself.
+            try:
+                return ProxyCommand(self.gateway)
+            except ValueError as exc:  # shlex: unbalanced quotes
+                raise ConnectError(f"{self.label}: cannot parse its ProxyCommand ({exc}): {self.gateway}") from None
         if not isinstance(self.gateway, Connection):
             return super().open_gateway()
         self.gateway.open()
