@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from titanenv.config import Config
-from titanenv.config.schema import PARTITION_KINDS, PartitionSpec
+from titanenv.config.schema import PARTITION_KINDS, SBATCH_OPTION_NAME, PartitionSpec, sbatch_value_problem
 from titanenv.errors import ConfigError, RenderError
 from titanenv.launch import job_environment, job_launcher
 from titanenv.launch import torchrun as launch_torchrun
@@ -28,7 +28,7 @@ from titanenv.launch import torchrun as launch_torchrun
 TEMPLATES_DIR = "sbatch_templates"
 TEMPLATES = ("preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_OPTION_NAME = SBATCH_OPTION_NAME
 
 
 class Quoted(str):
@@ -153,6 +153,14 @@ def resources_for(
     slurm = config.settings.slurm
     cluster = config.settings.cluster
     spec = partition_for(config, slurm.partition, gpu=gpu)
+    # The other values reaching #SBATCH lines are checked with their settings (config.schema).
+    problem = sbatch_value_problem(str(log_dir))
+    if problem:
+        raise ConfigError(
+            f"the job's log directory {str(log_dir)!r} {problem} (--output)",
+            source=config.origin("paths.runs_dir"),
+            key="paths.runs_dir",
+        )
     return JobResources(
         job_name=slurm.job_name or job_name,
         nodes=nodes or slurm.nodes,
