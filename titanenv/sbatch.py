@@ -1,9 +1,11 @@
 """Render site-specific sbatch scripts from Jinja2 templates.
 
 Every value a template puts into the script must pass through a quoting
-filter (``q``, ``qjoin``, ``envname``, ``sbatch_option``, ``comment``); rendering fails on
-any ``{{ ... }}`` that did not, so a path with spaces, quotes or ``$(...)``
-can neither break nor inject into a script. Integers pass as they are.
+filter (``q``, ``qjoin``, ``envname``, ``sbatch_option``, ``sbatch_value``,
+``comment``); rendering fails on any ``{{ ... }}`` that did not, so a path
+with spaces, quotes or ``$(...)`` can neither break nor inject into a
+script. Integers pass as they are. ``#SBATCH`` values are quoted for
+sbatch's own parser, which differs from the shell's.
 
 Templates live in ``sbatch_templates/``; a machine may override one with
 ``sbatch_templates/<machine>/<name>``, and a profile's ancestors are searched
@@ -59,6 +61,22 @@ def envname(name: Any) -> Quoted:
 def comment(value: Any) -> Quoted:
     """Text for a ``#`` comment line: newlines, which would end the comment, become spaces."""
     return Quoted(" ".join(str(value).splitlines()))
+
+
+def sbatch_value(value: Any) -> Quoted:
+    """The value of an ``#SBATCH --name=value`` line, quoted the way sbatch reads it back.
+
+    sbatch groups words with quotes like a shell, but takes ``\\`` as an escape
+    inside quotes too: shell quoting with every backslash doubled is read
+    back exactly (``slurm.script.sbatch_arguments``). A line break cannot be
+    carried; configured values are refused earlier, naming their setting.
+    """
+    if isinstance(value, bool) or value is None:
+        raise RenderError(f"refusing to render {value!r} as an #SBATCH value")
+    problem = sbatch_value_problem(str(value))
+    if problem:
+        raise RenderError(f"#SBATCH value {str(value)[:60]!r} {problem}")
+    return Quoted(shlex.quote(str(value)).replace("\\", "\\\\"))
 
 
 def sbatch_option(name: Any) -> Quoted:
@@ -201,7 +219,9 @@ def _environment(search_path: tuple[str, ...]) -> Any:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    environment.filters.update(q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, comment=comment)
+    environment.filters.update(
+        q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, sbatch_value=sbatch_value, comment=comment
+    )
     return environment
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.slurm import LocalSlurm
 from tests.helpers import REPO_ROOT, run_invoke
-from tests.slurm.conftest import one_line_error
+from tests.slurm.conftest import one_line_error, submitted_ids
 from titanenv import sbatch
 from titanenv.config import load_config
 from titanenv.runs import new_run
@@ -193,3 +193,20 @@ def test_sbatch_values_with_a_line_break_are_refused_naming_the_setting(probe_pr
     assert line.startswith(f"error: env INVOKE_PATHS_RUNS_DIR: paths.runs_dir: the job's log directory {logs}/")
     assert LINE_BREAK in line
     assert runs_left(Path.home()) == [] and not runs.exists()
+
+
+# Printable, so Slurm takes it, though sbatch's directive parser reads quotes, # and \ its own way.
+ODD_NAME = "it's \"q\" #1 \\ $(touch INJECTED); `x` é, 100%"
+
+
+def test_printable_names_reach_slurm_exactly(probe_project: Path, slurm_env: LocalSlurm, tmp_path: Path) -> None:
+    result = run_invoke(
+        "probe.submit", "--job-name", ODD_NAME, "--account", "acct #2 \\x 'q'", "--command", "true",
+        cwd=probe_project, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (job_id,) = submitted_ids(result.stdout)
+    fields = slurm_env.run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%j\t%a"]).stdout
+    assert fields.rstrip("\n").split("\t") == [ODD_NAME, "acct #2 \\x 'q'"]
+    slurm_env.wait(job_id)
+    assert not list(Path.home().rglob("INJECTED")) and not list(probe_project.rglob("INJECTED"))
