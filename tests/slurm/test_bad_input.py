@@ -159,6 +159,8 @@ def test_sbatch_values_with_a_line_break_are_refused_naming_the_setting(probe_pr
         (["--job-name", "train\n#SBATCH --mem=1"], {}, f"error: flag --job-name: slurm.job_name: {LINE_BREAK}"),
         (["--account", "proj\nx"], {}, f"error: flag --account: slurm.account: {LINE_BREAK}"),
         (["--job-name", "x" * 1025], {}, "error: flag --job-name: slurm.job_name: is 1025 characters long; Slurm takes at most 1024"),
+        # Slurm takes it, then fails the job: it cannot open <run>/a/b-<id>.out.
+        (["--job-name", "a/b"], {}, "error: flag --job-name: slurm.job_name: contains '/'; the job's logs are named after it"),
         ([], {"INVOKE_SLURM_JOB_NAME": "a\tb"},
          "error: env INVOKE_SLURM_JOB_NAME: slurm.job_name: contains the control character '\\t'; an #SBATCH value is printable text"),
     ]
@@ -208,5 +210,5 @@ def test_printable_names_reach_slurm_exactly(probe_project: Path, slurm_env: Loc
     (job_id,) = submitted_ids(result.stdout)
     fields = slurm_env.run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%j\t%a"]).stdout
     assert fields.rstrip("\n").split("\t") == [ODD_NAME, "acct #2 \\x 'q'"]
-    slurm_env.wait(job_id)
+    assert slurm_env.wait(job_id).state == "COMPLETED"  # its logs, named after it, could be opened
     assert not list(Path.home().rglob("INJECTED")) and not list(probe_project.rglob("INJECTED"))

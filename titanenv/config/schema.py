@@ -75,6 +75,14 @@ def slurm_name_problem(value: str) -> str | None:
     return sbatch_value_problem(value)
 
 
+def job_name_problem(value: str) -> str | None:
+    """:func:`slurm_name_problem`, and no ``/``: the job's log files are named after it."""
+    if "/" in value:
+        # Measured: Slurm takes the name, then fails the job (exit 0:53) opening <run>/a/b-<id>.out.
+        return "contains '/'; the job's logs are named after it (%x-%j.out), in a directory that would not exist"
+    return slurm_name_problem(value)
+
+
 def _checked(problem_of: Any) -> Any:
     def check(value: str) -> str:
         problem = problem_of(value)
@@ -254,7 +262,7 @@ class SlurmSettings(Model):
     nodes: Annotated[StrictInt, Field(ge=1)]
     time: StrictStr
     account: SlurmName = Field(description="empty: the machine's account")
-    job_name: SlurmName = ""
+    job_name: Annotated[StrictStr, _checked(job_name_problem)] = ""
     options: dict[SbatchOptionName, SbatchValue] = {}
 
     @field_validator("time")
