@@ -10,9 +10,18 @@ library at the top, so listing tasks stays instant.
 
 from pathlib import Path
 
-from invoke import Collection
+from invoke import Collection, Exit
+
+from titanenv.errors import ConfigError
+from titanenv.yamlfile import check_tool_files  # the standard library and PyYAML only
 
 __path__ = [str(Path(__file__).with_name("tasks"))]
+
+# Invoke (Fabric) reads invoke.yaml (fabric.yaml) beside this file next, expanding YAML aliases as it goes.
+try:
+    check_tool_files(Path(__file__).parent)
+except ConfigError as exc:
+    raise Exit(f"error: {exc}", code=1) from None
 
 from tasks import config, container, data, env, jobs, pipeline, remote, research, train  # noqa: E402
 

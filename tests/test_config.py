@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,6 +281,93 @@ def test_invalid_yaml_and_duplicate_keys(project: Path, isolated_home: Path) -> 
     assert error_of(project, environ={}) == (
         "~/.config/titanenv/config.yaml:3: slurm.nodes: duplicate key; YAML would silently keep only the last one"
     )
+
+
+def alias_bomb(levels: int, width: int = 10) -> str:
+    """A few hundred bytes of YAML standing for width**levels values ("billion laughs")."""
+    lines = ["laugh0: &l0 {" + ", ".join(f"k{i}: ha" for i in range(width)) + "}"]
+    for level in range(1, levels):
+        lines.append(f"laugh{level}: &l{level} {{" + ", ".join(f"k{i}: *l{level - 1}" for i in range(width)) + "}")
+    return "\n".join(lines) + "\n"
+
+
+BOMB_LINE = 4  # where the aliases pass the bound: 10 + 110 + 1110 values before, then 11110 more
+
+
+def run_bounded(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with 2 GiB of address space and a time limit: a regression fails, it does not
+    take the machine's memory (expanding these files did) or hang the suite."""
+    import resource
+
+    def limit_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    return subprocess.run(
+        argv, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
+        preexec_fn=limit_memory,
+    )
+
+
+ALIASES_REFUSED = "YAML aliases expand to more than 10000 values beyond those written (here *l2); write the values out instead"
+
+
+def test_nested_aliases_are_refused_naming_file_and_line(project: Path, isolated_home: Path) -> None:
+    bomb = alias_bomb(9)  # a billion values
+    assert len(bomb) < 1000
+    show = [sys.executable, "-m", "invoke", "config.show", "--key", "slurm"]
+    user_file = isolated_home / ".config" / "titanenv" / "config.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text(bomb)
+    result = run_bounded(show, project)
+    assert (result.returncode, result.stderr.strip()) == (
+        1, f"error: ~/.config/titanenv/config.yaml:{BOMB_LINE}: {ALIASES_REFUSED}"
+    ), result.stderr[-2000:]
+    user_file.unlink()
+    machine = project / "machines" / "local.yaml"
+    machine.write_text(bomb + machine.read_text())
+    result = run_bounded(show, project)
+    assert (result.returncode, result.stderr.strip()) == (1, f"error: machines/local.yaml:{BOMB_LINE}: {ALIASES_REFUSED}")
+    machine.write_text((REPO_ROOT / "machines" / "local.yaml").read_text())
+    result = run_bounded(show, project, env={"INVOKE_SLURM_OPTIONS": bomb.replace("\n", ", ").join("{}")})
+    assert (result.returncode, result.stderr.strip()) == (1, f"error: env INVOKE_SLURM_OPTIONS: slurm.options: {ALIASES_REFUSED}")
+
+
+def test_self_containing_and_too_deep_yaml_is_one_line(project: Path) -> None:
+    machine = project / "machines" / "local.yaml"
+    machine.write_text("cluster: &c\n  description: *c\n")
+    assert error_of(project, environ={}) == (
+        "machines/local.yaml:2: alias *c is inside the node it names, a structure that contains itself"
+    )
+    # Past what PyYAML's recursive composer can take (a RecursionError traceback).
+    machine.write_text("cluster: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert error_of(project, environ={}) == "machines/local.yaml:1: nested more than 100 levels deep"
+
+
+def test_ordinary_aliases_still_work(project: Path, isolated_home: Path) -> None:
+    """Reusing a value is ordinary YAML; only expansion past the bound is refused."""
+    user_file = isolated_home / ".config" / "titanenv" / "config.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_text(
+        "remote:\n  shell_setup: &setup [module load Stages/2025, module load Python]\n"
+        "container:\n  options: *setup\n"
+    )
+    config = load_config(project, environ={})
+    assert list(config.settings.container.options) == ["module load Stages/2025", "module load Python"]
+    assert config.settings.remote.shell_setup == config.settings.container.options
+
+
+@pytest.mark.parametrize("tool_file", ["invoke.yaml", "fabric.yaml"])
+def test_invoke_and_fab_refuse_an_alias_bomb_in_their_own_files(project: Path, tool_file: str) -> None:
+    """Invoke and Fabric read these themselves and expand every alias: the check runs before they do."""
+    for name in ("fabfile.py", "fabric.yaml"):
+        (project / name).write_text((REPO_ROOT / name).read_text())
+    path = project / tool_file
+    before = len(path.read_text().splitlines())
+    path.write_text(path.read_text() + alias_bomb(6))
+    expected = f"error: {tool_file}:{before + BOMB_LINE}: {ALIASES_REFUSED}"
+    for argv in ([sys.executable, "-m", "invoke", "config.machines"], [sys.executable, "-m", "fabric", "config.machines"]):
+        result = run_bounded(argv, project)
+        assert (result.returncode, result.stderr.strip()) == (1, expected), argv
 
 
 def test_machine_facts_are_refused_in_project_defaults(project: Path) -> None:

@@ -16,6 +16,8 @@ from tests.helpers import REPO_ROOT
 from titanenv import sbatch
 from titanenv.config import known_machines, load_config
 from titanenv.errors import ConfigError, RenderError
+from titanenv.slurm.script import directives as read_directives
+from titanenv.slurm.script import sbatch_arguments
 
 # Values that would break or inject into a naively written script.
 HOSTILE = [
@@ -243,3 +245,18 @@ def test_quoting_filters_refuse_what_they_cannot_quote() -> None:
         sbatch.envname("NOT-A-NAME")
     with pytest.raises(RenderError):
         sbatch.q(None)
+
+
+@pytest.mark.parametrize(
+    "value", [v for v in HOSTILE if "\n" not in v] + ["a\\b", "trailing\\", "\\'", "100%", "é", 7]
+)
+def test_sbatch_values_read_back_exactly_as_sbatch_parses_them(value: object) -> None:
+    """sbatch's directive parser takes \\ as an escape even inside quotes, unlike the shell."""
+    line = f"--job-name={sbatch.sbatch_value(value)}"
+    assert sbatch_arguments(line) == [f"--job-name={value}"]
+    assert read_directives(f"#!/bin/bash\n#SBATCH {line}\n") == {"job-name": str(value)}
+
+
+def test_sbatch_value_refuses_a_line_break() -> None:
+    with pytest.raises(RenderError, match="line break"):
+        sbatch.sbatch_value("a\nb")

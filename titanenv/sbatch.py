@@ -1,9 +1,11 @@
 """Render site-specific sbatch scripts from Jinja2 templates.
 
 Every value a template puts into the script must pass through a quoting
-filter (``q``, ``qjoin``, ``envname``, ``sbatch_option``, ``comment``); rendering fails on
-any ``{{ ... }}`` that did not, so a path with spaces, quotes or ``$(...)``
-can neither break nor inject into a script. Integers pass as they are.
+filter (``q``, ``qjoin``, ``envname``, ``sbatch_option``, ``sbatch_value``,
+``comment``); rendering fails on any ``{{ ... }}`` that did not, so a path
+with spaces, quotes or ``$(...)`` can neither break nor inject into a
+script. Integers pass as they are. ``#SBATCH`` values are quoted for
+sbatch's own parser, which differs from the shell's.
 
 Templates live in ``sbatch_templates/``; a machine may override one with
 ``sbatch_templates/<machine>/<name>``, and a profile's ancestors are searched
@@ -21,7 +23,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from titanenv.config import Config
-from titanenv.config.schema import PARTITION_KINDS, PartitionSpec, slurm_time_seconds
+from titanenv.config.schema import (
+    PARTITION_KINDS, SBATCH_OPTION_NAME, PartitionSpec, sbatch_value_problem, slurm_time_seconds,
+)
 from titanenv.errors import ConfigError, RenderError
 from titanenv.launch import job_environment, job_launcher, job_python, stop_guard
 from titanenv.launch import torchrun as launch_torchrun
@@ -29,7 +33,7 @@ from titanenv.launch import torchrun as launch_torchrun
 TEMPLATES_DIR = "sbatch_templates"
 TEMPLATES = ("export.sbatch.j2", "preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+_OPTION_NAME = SBATCH_OPTION_NAME
 
 
 class Quoted(str):
@@ -60,6 +64,22 @@ def envname(name: Any) -> Quoted:
 def comment(value: Any) -> Quoted:
     """Text for a ``#`` comment line: newlines, which would end the comment, become spaces."""
     return Quoted(" ".join(str(value).splitlines()))
+
+
+def sbatch_value(value: Any) -> Quoted:
+    """The value of an ``#SBATCH --name=value`` line, quoted the way sbatch reads it back.
+
+    sbatch groups words with quotes like a shell, but takes ``\\`` as an escape
+    inside quotes too: shell quoting with every backslash doubled is read
+    back exactly (``slurm.script.sbatch_arguments``). A line break cannot be
+    carried; configured values are refused earlier, naming their setting.
+    """
+    if isinstance(value, bool) or value is None:
+        raise RenderError(f"refusing to render {value!r} as an #SBATCH value")
+    problem = sbatch_value_problem(str(value))
+    if problem:
+        raise RenderError(f"#SBATCH value {str(value)[:60]!r} {problem}")
+    return Quoted(shlex.quote(str(value)).replace("\\", "\\\\"))
 
 
 def sbatch_option(name: Any) -> Quoted:
@@ -154,6 +174,14 @@ def resources_for(
     slurm = config.settings.slurm
     cluster = config.settings.cluster
     spec = partition_for(config, slurm.partition, gpu=gpu)
+    # The other values reaching #SBATCH lines are checked with their settings (config.schema).
+    problem = sbatch_value_problem(str(log_dir))
+    if problem:
+        raise ConfigError(
+            f"the job's log directory {str(log_dir)!r} {problem} (--output)",
+            source=config.origin("paths.runs_dir"),
+            key="paths.runs_dir",
+        )
     return JobResources(
         job_name=slurm.job_name or job_name,
         nodes=nodes or slurm.nodes,
@@ -194,7 +222,9 @@ def _environment(search_path: tuple[str, ...]) -> Any:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    environment.filters.update(q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, comment=comment)
+    environment.filters.update(
+        q=q, qjoin=qjoin, envname=envname, sbatch_option=sbatch_option, sbatch_value=sbatch_value, comment=comment
+    )
     return environment
 
 

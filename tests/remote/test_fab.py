@@ -288,6 +288,66 @@ def test_no_host_is_one_line(isolated_home: Path) -> None:
     assert error_lines(result) == ["error: fab runs tasks on a host: give one with -H HOST (to run them here, use invoke)"]
 
 
+# --- host names that would reach a shell ---------------------------------------------
+
+# stdin <-> one TCP connection: a ProxyCommand that needs no netcat.
+PROXY = """
+import os, socket, sys, threading
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+def upstream():
+    while data := os.read(0, 65536):
+        sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
+threading.Thread(target=upstream, daemon=True).start()
+while data := sock.recv(65536):
+    os.write(1, data)
+"""
+
+
+def test_hostile_host_names_run_nothing_through_a_proxycommand(laptop: Laptop, tmp_path: Path) -> None:
+    """An ordinary `Host *` ProxyCommand (and a `Match exec`) hands %h to a shell: OpenSSH's checks come first."""
+    server = laptop.server
+    proxy = tmp_path / "proxy.py"
+    proxy.write_text(PROXY)
+    seen = tmp_path / "proxied"  # one line per ProxyCommand run: the %h it got
+    pwned = tmp_path / "pwned"
+    key_type, key = server.known_hosts.read_text().split()[1:3]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[titan-proxied]:{server.port} {key_type} {key}\n")
+    ssh_config = laptop.home / ".ssh" / "config"
+    ssh_config.write_text(
+        "Host titan-hop-bad\n"
+        "  ProxyJump titan-j$(touch${IFS}%s)\n"
+        "Match exec \"test %%h = titan-never\"\n"
+        "  User nobody-else\n"
+        "Host *\n"
+        "  Port %d\n  User %s\n  IdentityFile %s\n  IdentitiesOnly yes\n"
+        "  UserKnownHostsFile %s\n  GlobalKnownHostsFile none\n"
+        '  ProxyCommand sh -c "echo %%h >> %s; exec %s %s 127.0.0.1 %%p"\n'
+        % (pwned, server.port, server.user, server.root / "user_key", known, seen, sys.executable, proxy)
+    )
+    hostile = {
+        # Mapped by `titan-*` to a profile, so nothing but the name check stops them.
+        "titan-$(touch${IFS}%s)" % pwned: "fab -H: host name 'titan-$(touch${IFS}%s)' contains '$'" % pwned,
+        "titan-x;touch${IFS}%s;b" % pwned: "contains ';', which OpenSSH refuses in host names",
+        "titan-`touch${IFS}%s`" % pwned: "contains '`'",
+        "-oProxyCommand=touch${IFS}%s" % pwned: "starts with '-', which OpenSSH refuses",
+        "x;touch${IFS}%s@titan-proxied" % pwned: "fab -H: user name 'x;touch",
+        "titan-hop-bad": "ProxyJump of 'titan-hop-bad' in the ssh config: host name 'titan-j$(touch",
+    }
+    for name, phrase in hostile.items():
+        result = laptop.fab("-H", name, "remote.status")
+        only_error(result, phrase)
+        assert not pwned.exists(), name
+        assert not seen.exists(), name
+    # The same ProxyCommand still takes a normal name to the login node.
+    result = laptop.fab("-H", "titan-proxied", "config.machines")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "JUWELS Booster" in result.stdout
+    assert seen.read_text() == "titan-proxied\n"
+    assert not pwned.exists()
+
+
 # --- the library, in this process ---------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,14 @@ from paramiko.hostkeys import HostKeys
 
 from titanenv.remote.connection import load_known_hosts
 from titanenv.remote.errors import RemoteError
-from titanenv.remote.sshconfig import host_key_policy, known_hosts_files, load_ssh_config
+from titanenv.remote.sshconfig import (
+    host_key_policy,
+    host_name_problem,
+    known_hosts_files,
+    load_ssh_config,
+    split_destination,
+    user_name_problem,
+)
 
 
 def test_include_is_spliced_in_like_openssh(isolated_home: Path) -> None:
@@ -80,3 +89,65 @@ def test_known_hosts_markers_and_bad_lines_are_skipped(tmp_path: Path) -> None:
     load_known_hosts(keys, known)
     assert keys.lookup("[login.example.org]:2222")["ssh-ed25519"].get_base64() == key
     assert keys.lookup("x.example.org") is None
+
+
+# Names OpenSSH takes and names it refuses (its fix for CVE-2023-51385), as `user@host`.
+DESTINATIONS = [
+    "jwb", "juwels-booster.fz-juelich.de", "127.0.0.1", "jwb%x", "jwb#x", "jwb!x", "jwb*", "h\u00f6st",
+    "jwb;x", "jwb$(touch${IFS}x)", "jwb`id`", "a;touch${IFS}y;b", "jwb,x", "jwb\\x", "jwb x", "jwb\tx",
+    "jwb\nx", "jwb\x7fx", "-oProxyCommand=touch${IFS}x", "jwb'x", 'jwb"x', "jwb|x", "jwb&x", "jwb<x", "jwb(x)",
+    "jwb{x}",
+    "smith1@jwb", "a$b@jwb", "a b@jwb", "a,b@jwb", "dom\\user@jwb", "a;b@jwb", "a -b@jwb", "ab\\@jwb",
+    "-l@jwb", "a`id`@jwb", "a(b)@jwb", "a|b@jwb", "a\nb@jwb",
+]
+
+
+def _titanenv_refuses(destination: str) -> bool:
+    user, _, host = destination.rpartition("@")
+    return bool(host_name_problem(host) or (user and user_name_problem(user)))
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the Debian package openssh-client (ssh)")
+@pytest.mark.parametrize("destination", DESTINATIONS)
+def test_names_are_refused_exactly_where_openssh_refuses_them(destination: str, tmp_path: Path) -> None:
+    """`ssh -G` (no connection) is the reference: same verdict for every name."""
+    openssh = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-G", "--", destination], capture_output=True, text=True, env={"HOME": str(tmp_path)}
+    )
+    refused = "contains invalid characters" in openssh.stderr
+    assert refused or openssh.returncode == 0, openssh.stderr
+    assert _titanenv_refuses(destination) == refused, (destination, openssh.stderr)
+
+
+def test_a_refused_name_is_one_line_naming_it_and_where_it_came_from() -> None:
+    with pytest.raises(RemoteError) as caught:
+        split_destination("jwb$(touch${IFS}x)", "fab -H")
+    assert str(caught.value) == (
+        "fab -H: host name 'jwb$(touch${IFS}x)' contains '$', which OpenSSH refuses in host names "
+        "(a ProxyCommand or Match exec line would hand it to a shell)"
+    )
+    with pytest.raises(RemoteError, match=r"^ProxyJump of 'x' in the ssh config: user name '-l' starts with '-'"):
+        split_destination("-l@jump", "ProxyJump of 'x' in the ssh config")
+    with pytest.raises(RemoteError, match=r"^--host: 'jwb:ssh' has no port number after ':'"):
+        split_destination("jwb:ssh", "--host")
+    assert split_destination("me@jwb:2222", "fab -H") == ("me", "jwb", 2222)
+    assert split_destination("::1", "fab -H") == (None, "::1", None)
+
+
+def test_a_proxycommand_is_run_as_the_ssh_config_expanded_it(tmp_path: Path) -> None:
+    """Fabric parsed it again under `Host <hostname>`, a KeyError where the name is no pattern of itself."""
+    import sys
+
+    from titanenv.remote.connection import ProjectConnection, fabric_config
+
+    seen = tmp_path / "seen"
+    config_file = tmp_path / "config"
+    relay = "import sys; print('up', flush=True); sys.stdin.read()"
+    config_file.write_text(f'Host *\n  ProxyCommand sh -c "echo %h:%p > {seen}; exec {sys.executable} -c \\"{relay}\\""\n')
+    cxn = ProjectConnection("box[1]", config=fabric_config(str(config_file)))
+    proxy = cxn.open_gateway()
+    try:
+        assert proxy.recv(3) == b"up\n"
+    finally:
+        proxy.close()
+    assert seen.read_text() == "box[1]:22\n"

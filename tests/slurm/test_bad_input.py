@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures.slurm import LocalSlurm
 from tests.helpers import REPO_ROOT, run_invoke
-from tests.slurm.conftest import one_line_error
+from tests.slurm.conftest import one_line_error, submitted_ids
 from titanenv import sbatch
 from titanenv.config import load_config
 from titanenv.runs import new_run
@@ -131,3 +131,84 @@ def test_job_tasks_refuse_bad_ids_in_one_line(slurm_env: LocalSlurm) -> None:
     assert line.startswith("error: job 999999 is unknown to Slurm here")
     line = one_line_error(run_invoke("jobs.logs", "--run", "nothing-here"))
     assert line.startswith("error: no run 'nothing-here' under ")
+
+
+# --- values that reach #SBATCH lines ----------------------------------------------------
+
+LINE_BREAK = "contains a line break, which would end its #SBATCH line"
+
+
+def _user_file(text: str) -> None:
+    path = Path.home() / ".config" / "titanenv" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _machine_file(project: Path, old: str, new: str) -> int:
+    """Replace ``old`` in the project's local profile; the line of the change."""
+    path = project / "machines" / "local.yaml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return text[: text.index(old)].count("\n") + 1
+
+
+def test_sbatch_values_with_a_line_break_are_refused_naming_the_setting(probe_project: Path, tmp_path: Path) -> None:
+    """sbatch read such a value as two lines ("line 4: Unmatched `'`"), naming no setting."""
+    cases: list[tuple[list[str], dict[str, str], str]] = [
+        (["--job-name", "train\n#SBATCH --mem=1"], {}, f"error: flag --job-name: slurm.job_name: {LINE_BREAK}"),
+        (["--account", "proj\nx"], {}, f"error: flag --account: slurm.account: {LINE_BREAK}"),
+        (["--job-name", "x" * 1025], {}, "error: flag --job-name: slurm.job_name: is 1025 characters long; Slurm takes at most 1024"),
+        # Slurm takes it, then fails the job: it cannot open <run>/a/b-<id>.out.
+        (["--job-name", "a/b"], {}, "error: flag --job-name: slurm.job_name: contains '/'; the job's logs are named after it"),
+        ([], {"INVOKE_SLURM_JOB_NAME": "a\tb"},
+         "error: env INVOKE_SLURM_JOB_NAME: slurm.job_name: contains the control character '\\t'; an #SBATCH value is printable text"),
+    ]
+    for flags, env, expected in cases:
+        line = one_line_error(run_invoke("probe.submit", *flags, cwd=probe_project, env=env))
+        assert line.startswith(expected), (flags, env, line)
+    _user_file('slurm:\n  options:\n    mail-type: "ALL\\nx"\n')
+    line = one_line_error(run_invoke("probe.submit", cwd=probe_project))
+    assert line.startswith(f"error: ~/.config/titanenv/config.yaml:3: slurm.options.mail-type: {LINE_BREAK}")
+    _user_file("slurm:\n  options:\n    mail type: ALL\n")
+    line = one_line_error(run_invoke("probe.submit", cwd=probe_project))
+    assert line.startswith("error: ~/.config/titanenv/config.yaml:3: slurm.options.mail type: 'mail type' is not an sbatch long option name")
+    _user_file("")
+    # The machine's own values: account, partition and QoS names, extra options.
+    machine_cases = [
+        ('account: ""', 'account: "a\\nb"', f"cluster.account: {LINE_BREAK}"),
+        ("debug: devel,", 'debug: "devel\\nx",', f"cluster.partitions.gpu.debug: {LINE_BREAK}"),
+        ("debug: devel,", 'debug: {partition: devel, qos: "q\\rx"},', f"cluster.partitions.gpu.debug.qos: {LINE_BREAK}"),
+        ("launcher: torchrun", 'launcher: torchrun\n  sbatch_options: {constraint: "a\\nb"}',
+         f"cluster.sbatch_options.constraint: {LINE_BREAK}"),
+    ]
+    original = (probe_project / "machines" / "local.yaml").read_text()
+    for old, new, expected in machine_cases:
+        number = _machine_file(probe_project, old, new) + (1 if "sbatch_options" in new else 0)
+        line = one_line_error(run_invoke("probe.submit", cwd=probe_project))
+        assert line.startswith(f"error: machines/local.yaml:{number}: {expected}"), line
+        (probe_project / "machines" / "local.yaml").write_text(original)
+    # A runs directory may hold $(...), quotes and ; (tested elsewhere), but not a line break: --output.
+    runs = tmp_path / "runs\nx"
+    line = one_line_error(run_invoke("probe.submit", cwd=probe_project, env={"INVOKE_PATHS_RUNS_DIR": str(runs)}))
+    logs = repr(str(runs / "probe"))[:-1]  # then the run's own name
+    assert line.startswith(f"error: env INVOKE_PATHS_RUNS_DIR: paths.runs_dir: the job's log directory {logs}/")
+    assert LINE_BREAK in line
+    assert runs_left(Path.home()) == [] and not runs.exists()
+
+
+# Printable, so Slurm takes it, though sbatch's directive parser reads quotes, # and \ its own way.
+ODD_NAME = "it's \"q\" #1 \\ $(touch INJECTED); `x` é, 100%"
+
+
+def test_printable_names_reach_slurm_exactly(probe_project: Path, slurm_env: LocalSlurm, tmp_path: Path) -> None:
+    result = run_invoke(
+        "probe.submit", "--job-name", ODD_NAME, "--account", "acct #2 \\x 'q'", "--command", "true",
+        cwd=probe_project, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (job_id,) = submitted_ids(result.stdout)
+    fields = slurm_env.run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--format=%j\t%a"]).stdout
+    assert fields.rstrip("\n").split("\t") == [ODD_NAME, "acct #2 \\x 'q'"]
+    assert slurm_env.wait(job_id).state == "COMPLETED"  # its logs, named after it, could be opened
+    assert not list(Path.home().rglob("INJECTED")) and not list(probe_project.rglob("INJECTED"))

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from titanenv.config.paths import PATH_NAMES, Paths, expand_template, path_problem
@@ -41,6 +40,7 @@ from titanenv.config.sources import (
     set_path,
     source_of,
 )
+from titanenv import yamlfile
 from titanenv.errors import ConfigError
 
 PROJECT_FILE = "invoke.yaml"
@@ -143,8 +143,10 @@ def machine_profiles(repo_root: Path) -> list[MachineProfile]:
     profiles = []
     for path in sorted((repo_root / MACHINES_DIR).glob("*.yaml")):
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
+            data = yamlfile.load(path.read_text(encoding="utf-8"), f"{MACHINES_DIR}/{path.name}") or {}
+        except (OSError, UnicodeDecodeError, ConfigError):
+            data = {}
+        if not isinstance(data, dict):
             data = {}
         cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
         profiles.append(
@@ -320,9 +322,11 @@ def _env_layer(environ: Mapping[str, str], lower: Layer) -> Layer:
                 value = raw_value
             else:
                 try:
-                    value = yaml.safe_load(raw_value)
-                except yaml.YAMLError:
-                    raise ConfigError("cannot parse the value as YAML", source=f"env {name}", key=dotted(path)) from None
+                    value = yamlfile.load(raw_value, f"env {name}")
+                except ConfigError as exc:
+                    # A parse error, or aliases that would expand past the bound.
+                    why = "cannot parse the value as YAML" if exc.message.startswith("invalid YAML") else exc.message
+                    raise ConfigError(why, source=f"env {name}", key=dotted(path)) from None
             set_path(layer.data, path, value)
             layer.sources[path] = Source(f"env {name}")
         elif name[len(ENV_PREFIX):].split("_", 1)[0] in sections:

@@ -10,9 +10,11 @@ values (empty lists, no QoS), never facts about a machine.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -65,6 +67,59 @@ def slurm_time_seconds(value: str) -> int | None:
     return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
+# slurmctld refuses longer job names, accounts, partitions and QoS names
+# (job_mgr.c, _test_strlen: ESLURM_PATHNAME_TOO_LONG).
+SLURM_NAME_MAX = 1024
+SBATCH_OPTION_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def sbatch_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be the value of an ``#SBATCH`` line, or None.
+
+    sbatch reads a directive up to the end of its line (an open quote there
+    is its "Unmatched `'`" error), so a newline cannot be carried at all;
+    other control characters would reach Slurm's names verbatim. Everything
+    printable can be: the renderer quotes it as sbatch's own parser reads it.
+    """
+    for char in value:
+        if unicodedata.category(char) == "Cc":
+            if char in "\n\r":
+                return "contains a line break, which would end its #SBATCH line"
+            return f"contains the control character {char!r}; an #SBATCH value is printable text"
+    return None
+
+
+def slurm_name_problem(value: str) -> str | None:
+    """:func:`sbatch_value_problem`, and Slurm's length limit on names."""
+    if len(value) > SLURM_NAME_MAX:
+        return f"is {len(value)} characters long; Slurm takes at most {SLURM_NAME_MAX}"
+    return sbatch_value_problem(value)
+
+
+def job_name_problem(value: str) -> str | None:
+    """:func:`slurm_name_problem`, and no ``/``: the job's log files are named after it."""
+    if "/" in value:
+        # Measured: Slurm takes the name, then fails the job (exit 0:53) opening <run>/a/b-<id>.out.
+        return "contains '/'; the job's logs are named after it (%x-%j.out), in a directory that would not exist"
+    return slurm_name_problem(value)
+
+
+def _checked(problem_of: Any) -> Any:
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(check)
+
+
+def _option_name_problem(name: str) -> str | None:
+    if SBATCH_OPTION_NAME.match(name):
+        return None
+    return f"{name!r} is not an sbatch long option name (like cpus-per-task)"
+
+
 def _scalar_to_str(value: Any) -> Any:
     # Environment values are naturally written as numbers in YAML (NCCL_IB_TIMEOUT: 20).
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -73,6 +128,10 @@ def _scalar_to_str(value: Any) -> Any:
 
 
 EnvValue = Annotated[StrictStr, BeforeValidator(_scalar_to_str)]
+# Values that reach #SBATCH lines.
+SbatchValue = Annotated[EnvValue, _checked(sbatch_value_problem)]
+SbatchOptionName = Annotated[StrictStr, _checked(_option_name_problem)]
+SlurmName = Annotated[StrictStr, _checked(slurm_name_problem)]
 
 
 class Model(BaseModel):
@@ -85,8 +144,8 @@ class Model(BaseModel):
 class PartitionSpec(Model):
     """Where one kind of job goes: a partition, a QoS, or both ("" = omit)."""
 
-    partition: StrictStr = ""
-    qos: StrictStr = ""
+    partition: SlurmName = ""
+    qos: SlurmName = ""
 
 
 def _partition_shorthand(value: Any) -> Any:
@@ -141,7 +200,7 @@ class Cluster(Model):
     project_root: StrictStr
     scratch_root: StrictStr
     project: StrictStr = Field(description="directory name under both roots")
-    account: StrictStr = Field(description="Slurm account; empty for none")
+    account: SlurmName = Field(description="Slurm account; empty for none")
     cpu_arch: CpuArch | Literal["auto"]
     cores_per_node: Annotated[StrictInt, Field(ge=1)] | Literal["auto"]
     gpus_per_node: Annotated[StrictInt, Field(ge=0)]
@@ -156,7 +215,7 @@ class Cluster(Model):
         description="seconds before a training job's time limit at which Slurm asks it to save a checkpoint and "
         "stop (sbatch --signal=B:USR1@N); 0: never"
     )
-    sbatch_options: dict[StrictStr, EnvValue] = Field(
+    sbatch_options: dict[SbatchOptionName, SbatchValue] = Field(
         default={}, description="extra #SBATCH options for every job on this machine"
     )
 
@@ -273,9 +332,9 @@ class SlurmSettings(Model):
     partition: PartitionKind
     nodes: Annotated[StrictInt, Field(ge=1)]
     time: StrictStr
-    account: StrictStr = Field(description="empty: the machine's account")
-    job_name: StrictStr = ""
-    options: dict[StrictStr, EnvValue] = {}
+    account: SlurmName = Field(description="empty: the machine's account")
+    job_name: Annotated[StrictStr, _checked(job_name_problem)] = ""
+    options: dict[SbatchOptionName, SbatchValue] = {}
 
     @field_validator("time")
     @classmethod

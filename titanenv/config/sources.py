@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from titanenv import yamlfile
 from titanenv.errors import ConfigError
 
 KeyPath = tuple[str, ...]
@@ -78,14 +79,8 @@ def load_yaml_layer(path: Path, label: str, name: str) -> Layer:
         raise ConfigError("file not found", source=label) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", source=label) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{label}:{mark.line + 1}" if mark is not None else label
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", source=where) from None
+    # Aliases bounded before anything below walks the nodes (see titanenv.yamlfile).
+    root, data = yamlfile.compose(text, label)
     if data is None:
         return Layer(name)
     if not isinstance(data, dict):

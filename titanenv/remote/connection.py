@@ -31,13 +31,14 @@ from typing import Any, Callable
 import paramiko
 from fabric import Config as FabricConfig
 from fabric import Connection
-from fabric.connection import derive_shorthand
 from fabric.runners import Remote
 from paramiko.hostkeys import HostKeyEntry, HostKeys
+from paramiko.proxy import ProxyCommand
 
 from titanenv.remote.errors import ConnectError, HostKeyError
 from titanenv.remote.sshconfig import host_key_policy as policy_from_ssh_config
-from titanenv.remote.sshconfig import known_hosts_files, load_ssh_config
+from titanenv.remote.sshconfig import check_host_name, check_user_name, known_hosts_files, load_ssh_config
+from titanenv.remote.sshconfig import split_destination
 
 # Paramiko logs transport failures at ERROR; without a handler Python prints
 # them ("Exception (client): ...") beside our own one-line error.
@@ -134,10 +135,21 @@ class ProjectConnection(Connection):
     configured_policy = ""
     default_timeout = 15
 
-    def __init__(self, host: str, *, host_key_policy: str = "", timeout: int = 15, **kwargs: Any):
+    def __init__(
+        self, host: str, *, host_key_policy: str = "", timeout: int = 15, origin: str = "host", **kwargs: Any
+    ):
+        """``origin`` names where ``host`` came from in messages (``fab -H``, a ProxyJump)."""
+        # Fabric's __init__ looks the host up in the ssh config, which expands %h
+        # (into `Match exec` lines too): OpenSSH's checks come first.
+        given_user, alias, _ = split_destination(host, origin)
         # get_gateway (called by Fabric's __init__) builds the jump hosts from these.
         self._set(configured_policy=host_key_policy, default_timeout=timeout)
         super().__init__(host, **kwargs)
+        # What the ssh config made of it reaches a ProxyCommand's %h and %r.
+        if self.host != alias:
+            check_host_name(self.host, f"HostName of {alias!r} in the ssh config")
+        if given_user is None and "user" in self.ssh_config:
+            check_user_name(self.ssh_config["user"], f"User of {alias!r} in the ssh config")
         # Fabric may hand us its config's own dict; hops must not share our changes.
         self.connect_kwargs = dict(self.connect_kwargs)
         given = self.connect_kwargs.pop("timeout", None)  # fab -t
@@ -189,16 +201,25 @@ class ProjectConnection(Connection):
         if jump.lower() == "none":
             return self.ssh_config.get("proxycommand") or self.config.gateway
         previous = None
+        origin = f"ProxyJump of {self.original_host!r} in the ssh config"
         for hop in (h.strip() for h in jump.split(",")):
-            if derive_shorthand(hop)["host"] == self.original_host:
+            if split_destination(hop, origin)[1] == self.original_host:
                 return None
             kwargs: dict[str, Any] = {"config": self.config.clone(), "host_key_policy": self.configured_policy}
             if previous is not None:
                 kwargs["gateway"] = previous
-            previous = type(self)(hop, timeout=self.default_timeout, **kwargs)
+            previous = type(self)(hop, timeout=self.default_timeout, origin=origin, **kwargs)
         return previous
 
     def open_gateway(self) -> Any:
+        if isinstance(self.gateway, str) and self.gateway == self.ssh_config.get("proxycommand"):
+            # Paramiko already expanded its tokens; Fabric would parse it again as
+            # the ProxyCommand of a `Host <hostname>` block, and fail (KeyError) on
+            # a hostname that is no Host pattern of itself.
+            try:
+                return ProxyCommand(self.gateway)
+            except ValueError as exc:  # shlex: unbalanced quotes
+                raise ConnectError(f"{self.label}: cannot parse its ProxyCommand ({exc}): {self.gateway}") from None
         if not isinstance(self.gateway, Connection):
             return super().open_gateway()
         self.gateway.open()

@@ -14,7 +14,8 @@ from titanenv.remote import scripts
 from titanenv.remote.cache import TargetResolver
 from titanenv.remote.connection import ProjectConnection, fabric_config
 from titanenv.remote.errors import RemoteError
-from titanenv.remote.target import RemoteTarget, host_alias
+from titanenv.remote.sshconfig import check_host_name, check_user_name, split_destination
+from titanenv.remote.target import RemoteTarget
 
 # Exit status when the remote command died without one (killed by a signal, connection lost).
 SIGNALLED = 130
@@ -31,21 +32,28 @@ class RemoteSession:
         fab_config: FabricConfig | None = None,
         resolver: TargetResolver | None = None,
         host_key_policy: str | None = None,
+        origin: str = "fab -H",
     ):
+        """``origin`` says where ``host`` came from, for messages (``fab -H``, ``--host``)."""
+        # Before the ssh config is consulted: its lookup expands %h, also into `Match exec`.
+        given_user, alias, _ = split_destination(host, origin)
         resolver = resolver or TargetResolver(repo_root)
         self.repo_root = repo_root
         self.host = host
         config = fabric_config(resolver.ssh_config(), base=fab_config)
-        alias = host_alias(host)
         looked_up = config.base_ssh_config.lookup(alias)
-        user = host.partition("@")[0] if "@" in host else looked_up.get("user", getpass.getuser())
-        self.target: RemoteTarget = resolver.target(host, hostname=looked_up.get("hostname", alias), login_user=user)
+        hostname = check_host_name(looked_up.get("hostname", alias), f"HostName of {alias!r} in the ssh config")
+        if given_user is None and "user" in looked_up:
+            check_user_name(looked_up["user"], f"User of {alias!r} in the ssh config")
+        user = given_user or looked_up.get("user", getpass.getuser())
+        self.target: RemoteTarget = resolver.target(host, hostname=hostname, login_user=user)
         settings = self.target.settings
         self.connection = ProjectConnection(
             host,
             config=config,
             host_key_policy=host_key_policy or settings.host_key_policy,
             timeout=settings.connect_timeout,
+            origin=origin,
         )
 
     def close(self) -> None:
@@ -130,5 +138,6 @@ def session_for(
         return
     if not host:
         raise RemoteError("which host? give --host HOST, or run the task as `fab -H HOST ...`")
-    with RemoteSession(repo_root, host, host_key_policy="accept-new" if accept_new_host_key else None) as session:
+    policy = "accept-new" if accept_new_host_key else None
+    with RemoteSession(repo_root, host, host_key_policy=policy, origin="--host") as session:
         yield session

@@ -8,6 +8,11 @@ OpenSSH does (relative paths from ``~/.ssh`` for the user file and from
 ``Include`` inside a ``Host`` block applies to that block only: if the
 included text opens blocks of its own, the enclosing ``Host`` line is
 repeated after it so that what follows stays in the enclosing block.
+
+Host and user names are checked as OpenSSH checks them (readconf.c
+``ssh_valid_hostname``/``ssh_valid_ruser``, its fix for CVE-2023-51385)
+before Paramiko expands ``%h``/``%r`` into a ``ProxyCommand`` or a
+``Match exec`` line, both of which reach a shell.
 """
 
 from __future__ import annotations
@@ -27,6 +32,80 @@ USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 _MAX_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
 _KEYWORD = re.compile(r"^\s*(\w+)(?:\s*=\s*|\s+)(.*?)\s*$")
+# OpenSSH's sets: shell metacharacters; a host name also takes no `$`, `\` or `,`.
+_HOST_REFUSED = frozenset("'`\"$\\;&<>|(){},")
+_USER_REFUSED = frozenset("'`\";&<>|(){}")
+_SPACE = frozenset(" \t\n\v\f\r")
+_WHY = "a ProxyCommand or Match exec line would hand it to a shell"
+
+
+def _control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why OpenSSH would refuse ``name`` as a host name, or None."""
+    if not name:
+        return "is empty"
+    if name.startswith("-"):
+        return "starts with '-', which OpenSSH refuses (it would read as an option)"
+    bad = next((c for c in name if c in _HOST_REFUSED or c in _SPACE or _control(c)), None)
+    if bad is not None:
+        return f"contains {bad!r}, which OpenSSH refuses in host names ({_WHY})"
+    return None
+
+
+def user_name_problem(name: str) -> str | None:
+    """Why OpenSSH would refuse ``name`` as a remote user name, or None."""
+    if not name:
+        return "is empty"
+    if name.startswith("-"):
+        return "starts with '-', which OpenSSH refuses (it would read as an option)"
+    for index, char in enumerate(name):
+        following = name[index + 1 : index + 2]
+        if char in _USER_REFUSED or _control(char):
+            return f"contains {char!r}, which OpenSSH refuses in user names ({_WHY})"
+        if char in _SPACE and following == "-":
+            return "has a '-' after white space, which OpenSSH refuses in user names (it would read as an option)"
+        if char == "\\" and not following:
+            return "ends in '\\', which OpenSSH refuses in user names"
+    return None
+
+
+def check_host_name(name: str, origin: str) -> str:
+    """``name``, or a RemoteError naming it and ``origin`` (``fab -H``, a ProxyJump, ...)."""
+    problem = host_name_problem(name)
+    if problem:
+        raise RemoteError(f"{origin}: host name {name!r} {problem}")
+    return name
+
+
+def check_user_name(name: str, origin: str) -> str:
+    problem = user_name_problem(name)
+    if problem:
+        raise RemoteError(f"{origin}: user name {name!r} {problem}")
+    return name
+
+
+def split_destination(text: str, origin: str) -> tuple[str | None, str, int | None]:
+    """``(user, host, port)`` of ``[user@]host[:port]`` as Fabric splits it, each checked first.
+
+    Nothing here looks the host up: this runs before any ``%h`` expansion.
+    """
+    user, at, hostport = text.rpartition("@")
+    if at and not user:
+        raise RemoteError(f"{origin}: {text!r} has an empty user name before '@'")
+    host, port = hostport, None
+    if hostport.count(":") == 1:  # more than one: an IPv6 address, no port (as Fabric reads it)
+        host, _, port_text = hostport.partition(":")
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise RemoteError(f"{origin}: {text!r} has no port number after ':' (1 to 65535)")
+            port = int(port_text)
+    check_host_name(host, origin)
+    if at:
+        check_user_name(user, origin)
+    return (user or None), host, port
 
 
 def config_files(ssh_config: str) -> list[tuple[Path, Path]]:
