@@ -69,3 +69,13 @@ def test_a_failed_job_whose_run_directory_is_gone_says_so(probe_project: Path, s
     line = one_line_error(run_invoke("jobs.wait", "--job", job_id))
     assert line.startswith(f"error: job {job_id} (preprocess-parallel) FAILED (exit code 3)")
     assert line.endswith(f"(its run directory {run_dir} no longer exists)")
+
+
+def test_a_job_name_with_a_bar_is_read_back_whole_from_the_completion_log(probe_project: Path,
+                                                                         slurm_env: LocalSlurm) -> None:
+    from titanenv.slurm import cli
+
+    (job_id,) = submitted_ids(invoke_ok("probe.submit", "--job-name", "a|b", cwd=probe_project).stdout)
+    slurm_env.wait(job_id)
+    rows = [row for row in cli.sacct([job_id], completion=True) if row["JobID"] == job_id]
+    assert [(row["JobName"], row["State"]) for row in rows] == [("a|b", "COMPLETED")]

@@ -235,6 +235,9 @@ def scontrol_job(job_id: str) -> dict[str, str] | None:
 SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "NNodes", "NodeList", "ExitCode", "Start", "End", "WorkDir")
 
 
+_SACCT_SEPARATOR = "\x1f"
+
+
 class AccountingUnavailable(SlurmError):
     """``sacct`` cannot answer: Slurm's accounting (slurmdbd) is not configured here."""
 
@@ -246,7 +249,10 @@ def sacct(job_ids: Sequence[str] = (), *, user: str | None = None, since: str | 
     ``completion`` reads the job-completion log (``sacct -c``) instead, which
     works without slurmdbd where ``JobCompType=jobcomp/filetxt`` is set.
     """
-    argv = ["sacct", "--parsable2", "--noheader", "--allocations", "--format=" + ",".join(SACCT_FIELDS)]
+    # A separator no job name or directory holds (control characters are refused in
+    # names we submit); sacct's default "|" is a printable character Slurm accepts.
+    argv = ["sacct", "--parsable2", f"--delimiter={_SACCT_SEPARATOR}", "--noheader", "--allocations",
+            "--format=" + ",".join(SACCT_FIELDS)]
     if completion:
         argv.insert(1, "--completion")
     if job_ids:
@@ -263,7 +269,7 @@ def sacct(job_ids: Sequence[str] = (), *, user: str | None = None, since: str | 
         raise SlurmCommandError(argv, result.returncode, result.stderr, hint=_hint(result.stderr))
     rows = []
     for line in result.stdout.splitlines():
-        values = line.split("|")
+        values = line.split(_SACCT_SEPARATOR)
         if len(values) != len(SACCT_FIELDS):
             continue
         rows.append(dict(zip(SACCT_FIELDS, values)))
