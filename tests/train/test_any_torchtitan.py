@@ -218,7 +218,7 @@ def test_jobs_and_a_chain_on_the_local_slurm_resume_the_old_release(release: Pat
              "--checkpoint.interval", "2", "--metrics.log_freq", "1"]
     assert f"# torchtitan: {shlex.join(words)}\n" in dry
     # The same words in the rendered script, after the launcher's options.
-    assert f'--rdzv_id="$RDZV_ID" \\\n    {shlex.join(words)}\n' in dry
+    assert f'--rdzv_id="$RDZV_ID" \\\n    {shlex.join(words)} &\n' in dry  # srun in the background, waited for
     assert not Path(toml).exists()
 
     def run_to_end(*args: str) -> list[str]:

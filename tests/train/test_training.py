@@ -113,6 +113,13 @@ def _assert_what_ran_is_recorded(submitted: str, job_id: str, log: str) -> None:
     assert json.loads((run_dir / f"ran-{job_id}.json").read_text()) == ran
 
 
+def _line_of_local(text: str) -> int:
+    from tests.helpers import REPO_ROOT
+
+    lines = (REPO_ROOT / "machines" / "local.yaml").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
+
+
 def _bad_toml(tmp_path: Path, name: str, old: str, new: str) -> Path:
     from tests.helpers import REPO_ROOT
 
@@ -132,7 +139,8 @@ def test_bad_input_fails_before_submission_in_one_line(dataset: Path, tmp_path: 
         (["--dataset", str(dataset), "--config", str(_bad_toml(tmp_path, "unknown_key", "[metrics]", "[metrics]\nlog_fraq = 2"))],
          "TorchTitan does not know metrics.log_fraq"),
         (["--dataset", str(dataset), "--time", "00:00:30"],
-         "machines/local.yaml:24: cluster.stop_signal_lead: 30 s before the time limit leaves no time to train "
+         f"machines/local.yaml:{_line_of_local('stop_signal_lead:')}: cluster.stop_signal_lead: 30 s before the "
+         "time limit leaves no time to train "
          "within --time 00:00:30"),
     ]
     for args, expected in cases:
