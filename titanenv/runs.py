@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 from titanenv.config import Config
 from titanenv.errors import TitanEnvError
+from titanenv.files import write_json_atomic
 
 RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
@@ -207,28 +208,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def record_text(data: dict[str, Any]) -> str:
-    """JSON with one top-level key per line, each value compact.
-
-    Readable with a glance (and ``python -m json.tool``), and written by
-    json's C encoder, which ``indent=`` would turn off.
-    """
-    lines = [f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in data.items()]
-    return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(record_text(data), encoding="utf-8")
-        # The rename is atomic: readers see the old file or the whole new one.
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _script_entry(run: Run, script: str | None) -> dict[str, str] | None:

@@ -6,6 +6,7 @@ import gzip
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -233,6 +234,9 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert not indexed.bin_path(out).exists()
 
     result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    # The killed step's lock names a process that is gone: taken over, saying so.
+    assert f"note: took over the lock of {out} from host {socket.gethostname()} pid {job.pid} (since " in result.stdout
+    assert f"process {job.pid} no longer exists" in result.stdout
     assert f"resuming: {len(done_before)} of {len(plan.chunks)}" in result.stdout
     assert pair_bytes(out) == pair_bytes(straight)
 

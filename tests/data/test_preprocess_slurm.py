@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
-from tests.data.test_preprocess import GPT2, OWT, ok, pair_bytes, preprocess
+from tests.data.test_preprocess import GPT2, OWT, WIKI, ok, pair_bytes, preprocess
 from tests.fixtures.slurm import LocalSlurm
 from tests.helpers import run_invoke
 from tests.slurm.conftest import submitted_ids
+from titanenv import locks
 from titanenv.data import preprocess as pre
 
 pytestmark = pytest.mark.slurm
@@ -31,6 +33,7 @@ def test_parallel_job_over_two_tasks_matches_the_local_run(tmp_path: Path, slurm
     assert "rank 0 of 2:" in logs and "rank 1 of 2:" in logs
     assert pair_bytes(out) == pair_bytes(local)
     assert not pre.parts_dir(out).exists()
+    assert not locks.lock_path(out).exists()  # shared by both tasks, released by the one that merged
 
 
 def test_single_job_and_dry_submission(tmp_path: Path, slurm_env: LocalSlurm) -> None:
@@ -45,3 +48,37 @@ def test_single_job_and_dry_submission(tmp_path: Path, slurm_env: LocalSlurm) ->
     assert waited.returncode == 0, waited.stdout + run_invoke("jobs.logs", "--job", job_id, "--err").stdout
     assert "1,000 documents" in run_invoke("jobs.logs", "--job", job_id).stdout
     assert ok(run_invoke("data.verify", "--prefix", str(out))).stdout.startswith(f"ok {out}: 1,000 documents")
+
+
+def test_a_queued_job_holds_its_output_and_a_cancelled_one_is_taken_over(tmp_path: Path,
+                                                                         slurm_env: LocalSlurm) -> None:
+    # A held job keeps the preprocessing job queued for as long as the test needs.
+    blocker = slurm_env.run(["sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true"]).stdout.strip()
+    out = tmp_path / "train"
+    submitted = ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--submit", "--parallel",
+                              "--tasks-per-node", "2", "--dependency", blocker, output=out))
+    (job_id,) = submitted_ids(submitted.stdout)
+    holder = locks.read_holder(locks.lock_path(out))
+    assert holder.job == job_id and f"--lock-token {holder.token}" in _script(submitted.stdout)
+
+    # Here, with --overwrite too, and a second submission: refused while the job is queued.
+    for extra in ([], ["--overwrite"], ["--submit"]):
+        refused = preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), *extra, output=out)
+        assert refused.returncode == 1
+        assert refused.stderr.strip().splitlines() == [
+            f"error: {out} is being written by Slurm job {job_id} (PENDING), submitted by host "
+            f"{socket.gethostname()} pid {holder.pid} (since {holder.since}); wait for it (invoke jobs.wait --job "
+            f"{job_id}), cancel it (invoke jobs.cancel --job {job_id}) or choose another --output"
+        ]
+    # Once the job has ended (here: cancelled before it started), its lock is taken over, saying so.
+    ok(run_invoke("jobs.cancel", "--job", job_id))
+    result = ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=out))
+    assert (f"note: took over the lock of {out} from Slurm job {job_id}, submitted by host {socket.gethostname()} "
+            f"pid {holder.pid} (since {holder.since}): the job ended (CANCELLED)") in result.stdout
+    assert not locks.lock_path(out).exists()
+    assert ok(run_invoke("data.verify", "--prefix", str(out))).stdout.startswith(f"ok {out}: 122 documents")
+
+
+def _script(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if line.startswith("submitted job "))
+    return Path(line.split(": ", 1)[1]).read_text()

@@ -280,3 +280,67 @@ def test_a_term_as_on_preemption_saves_and_ends_the_job_successfully(dataset: Pa
     assert steps == list(range(1, steps[-1] + 1)), log[-3000:]
     # Both ranks stopped after the same step, and logged it.
     assert [int(s) for s in STOPPED.findall(log)] == [steps[-1]] * 2, log[-3000:]
+
+
+def test_two_runs_of_one_experiment_never_write_at_once(dataset: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO_ROOT
+    from titanenv import locks
+
+    first = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "train.run", "--name", "busy", "--dataset", str(dataset), "--steps", "100000",
+         "--batch-size", "2"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (found := list(Path.home().glob("trustllm/scratch/**/experiments/busy.lock"))):
+            assert first.poll() is None and time.monotonic() < deadline, "the first run must take the lock"
+            time.sleep(0.1)
+        folder = found[0].with_suffix("")
+        since = locks.read_holder(found[0]).since
+        expected = (f"error: {folder} is being written by host {socket.gethostname()} pid {first.pid} (since {since}, "
+                    f"train.run); wait for it, use another --name or stop it (kill {first.pid})")
+        for task in ("train.run", "train.submit"):
+            refused = run_invoke(task, "--name", "busy", "--dataset", str(dataset), "--steps", "2", timeout=300)
+            assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [expected], refused.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # gone without releasing its lock
+        first.wait()
+    again = ok("train.run", "--name", "busy", "--dataset", str(dataset), "--steps", "2", "--batch-size", "2")
+    assert (f"note: took over the lock of {folder} from host {socket.gethostname()} pid {first.pid} (since {since}): "
+            f"process {first.pid} no longer exists") in again.stdout
+    assert not found[0].exists()
+
+
+@pytest.mark.slurm
+def test_a_second_submission_of_a_queued_experiment_is_refused_unless_it_follows(dataset: Path,
+                                                                                slurm_env: LocalSlurm) -> None:
+    blocker = slurm_env.run(["sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true"]).stdout.strip()
+    common = ["--name", "queued", "--time", "00:10:00", "--dataset", str(dataset), "--steps", "2", "--batch-size", "2",
+              "--partition", "debug"]
+    first = ok("train.submit", *common, "--dependency", blocker)
+    (job_a,) = submitted_ids(first.stdout)
+    folder = next(line for line in first.stdout.splitlines() if line.startswith("checkpoints: "))
+    folder = folder.split(": ", 1)[1].split(" (", 1)[0].removesuffix("/checkpoint")
+
+    refused = run_invoke("train.submit", *common, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+        f"error: {folder} is being written by Slurm job(s) {job_a} of this experiment (queued or running); add "
+        f"--dependency {job_a} to start after them, cancel them (invoke jobs.cancel --job {job_a}) or use another --name"
+    ], refused.stderr
+    here = run_invoke("train.run", *common[:2], "--dataset", str(dataset), "--steps", "2", timeout=300)
+    assert here.returncode == 1 and f"error: {folder} is being written by Slurm job(s) {job_a}" in here.stderr
+
+    # Meant to follow: accepted; the next one must follow the newest.
+    (job_b,) = submitted_ids(ok("train.submit", *common, "--dependency", job_a).stdout)
+    refused = run_invoke("train.submit", *common, "--dependency", job_a, timeout=300)
+    assert refused.returncode == 1
+    assert f"Slurm job(s) {job_a}, {job_b} of this experiment (queued or running); add --dependency {job_b} " \
+           in refused.stderr

@@ -197,7 +197,11 @@ class IndexedDatasetWriter:
         _fsync_rename(idx_tmp, idx_path(self.prefix), self.durable)
 
     def abort(self) -> None:
-        self._bin.close()
+        """Remove the temporary files; quietly, as it runs while another error (a full disk) is raised."""
+        try:
+            self._bin.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
         for path in (self._bin_tmp, _temporary(idx_path(self.prefix))):
             path.unlink(missing_ok=True)
 
@@ -205,10 +209,14 @@ class IndexedDatasetWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is None:
-            self.finalize()
-        else:
+        if kind is not None:
             self.abort()
+            return
+        try:
+            self.finalize()
+        except BaseException:
+            self.abort()
+            raise
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,24 @@ def preprocess(config: Config, request: PreprocessRequest, echo: Callable[[str],
     from titanenv.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer, backend=data.backend, eod_token=data.eod_token)
+    # One writer per output: taken before anything is written (--overwrite included), held until the
+    # output is complete here, or handed to the submitted job.
+    lock = None if request.dry else pre.lock_output(output, echo=echo)
+    try:
+        with pre.interruptible():
+            return _preprocess(config, request, here, workers, tok, tokenizer, output, started, lock, echo)
+    except OSError as exc:
+        raise pre.file_system_error(exc, pre.parts_dir(output)) from None
+    except KeyboardInterrupt:
+        raise pre.interrupted(pre.parts_dir(output)) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _preprocess(config: Config, request: PreprocessRequest, here: bool, workers: int, tok, tokenizer: Path,
+                output: Path, started: float, lock, echo: Callable[[str], None]):
+    data = config.settings.data
     plan = pre.prepare(
         list(data.inputs),
         base=config.repo_root,
@@ -69,7 +87,7 @@ def preprocess(config: Config, request: PreprocessRequest, echo: Callable[[str],
             echo(line)
         echo(f"total {time.perf_counter() - started:.2f} s")
         return summary
-    return _submit(config, request, plan, echo)
+    return _submit(config, request, plan, lock, echo)
 
 
 def _ranks(config: Config) -> int:
@@ -87,7 +105,7 @@ def describe_plan(plan: pre.Plan, ranks: int) -> list[str]:
     return lines
 
 
-def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Callable[[str], None]):
+def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, lock, echo: Callable[[str], None]):
     from titanenv import sbatch, slurm
     from titanenv.launch import job_python
     from titanenv.runs import new_run
@@ -99,6 +117,8 @@ def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Ca
     tail = [str(plan.parts_dir), "--progress-interval", f"{data.progress_interval:g}"]
     if data.workers:
         tail += ["--workers", str(data.workers)]
+    if lock is not None:  # the job's tasks share the lock taken here
+        tail += ["--lock-token", lock.holder.token]
     if request.parallel:
         script = sbatch.preprocess_parallel_script(
             config, run_dir=run.path, command=[*step, "work", *tail],
@@ -117,6 +137,8 @@ def _submit(config: Config, request: PreprocessRequest, plan: pre.Plan, echo: Ca
                         "tokenizer": str(plan.settings.tokenizer),
                         "inputs": plan.settings.inputs, "chunks": len(plan.chunks), "ranks": ranks}},
     )
+    if lock is not None:
+        lock.hand_to_job(submission.job_id)
     if not request.dry:
         echo(f"output: {plan.settings.output}.bin/.idx once the job ends ({len(plan.chunks)} chunks over {ranks} task(s))")
     return submission

@@ -26,9 +26,12 @@ workers or ranks, and whether or not the run was interrupted.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -52,7 +55,8 @@ from titanenv.data.sources import (
     slices,
 )
 from titanenv.data.tokenizer import TextTokenizer, load_tokenizer
-from titanenv.errors import TitanEnvError
+from titanenv.errors import FileSystemError, TitanEnvError
+from titanenv.files import write_json_atomic
 
 PLAN_NAME = "plan.json"
 # In PREFIX.parts: the output's tokens, copied in at their offsets, until the merge renames it.
@@ -68,6 +72,44 @@ EXAMPLES_PER_CHUNK = 10
 
 class PreprocessError(TitanEnvError):
     """Preprocessing cannot start, go on, or finish."""
+
+
+def lock_output(output: Path, *, token: str = "", job: str = "", echo: Callable[[str], None] = print):
+    """The lock on the dataset prefix (``PREFIX.lock``): one writer per output at a time.
+
+    The tasks of one Slurm job share it through its ``token`` (see
+    :mod:`titanenv.locks`); anyone else is refused in one line naming the
+    holder, and a holder that is gone is taken over, saying so.
+    """
+    from titanenv import locks
+
+    return locks.acquire(Path(output), what="data.preprocess", token=token, job=job,
+                         instead="choose another --output", echo=echo)
+
+
+def file_system_error(exc: OSError, parts: Path) -> FileSystemError:
+    """One line for a failed read or write: the path (else the run's parts directory), the problem, what to do."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return FileSystemError.of(exc, path=None if exc.filename else parts, instead="choose another --output",
+                              then="the chunks done so far are kept: rerun to resume" if full else "")
+
+
+def interrupted(parts: Path) -> PreprocessError:
+    return PreprocessError(f"interrupted; {parts} keeps the chunks done so far: run the same command again to resume")
+
+
+@contextlib.contextmanager
+def interruptible():
+    """SIGTERM (Slurm's cancel and time limit, ``kill``) stops like Ctrl-C: KeyboardInterrupt, then clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass(frozen=True)
@@ -239,6 +281,18 @@ def prepare(
     )
     described = [{"path": str(f.path), "size": f.size, "mtime_ns": f.mtime_ns} for f in files]
     parts = parts_dir(output)
+    if parts.is_symlink() or (parts.exists() and not parts.is_dir()):
+        # Never followed: the merge renames files out of it, which a link to
+        # another file system would break, and --overwrite must not empty a
+        # directory this run did not make.
+        kind = f"a symbolic link to {os.readlink(parts)}" if parts.is_symlink() else "not a directory"
+        if not overwrite:
+            raise PreprocessError(
+                f"{parts} is {kind}; data.preprocess keeps a run's parts in a directory of its own beside the "
+                "output: remove it, or pass --overwrite to replace it (a link's target is left alone)"
+            )
+        if write:
+            parts.unlink()
     plan_file = parts / PLAN_NAME
     if plan_file.exists():
         if overwrite:
@@ -249,7 +303,7 @@ def prepare(
             if old.settings == settings and old.inputs == described:
                 old.backend, old.eod_token, old.strict = backend, eod_token, strict
                 if write:
-                    _write_json(plan_file, old.to_json())
+                    write_json_atomic(plan_file, old.to_json())
                 return old
             raise PreprocessError(
                 f"{parts} holds an unfinished run with other inputs or settings; "
@@ -260,14 +314,8 @@ def prepare(
                 backend=backend, eod_token=eod_token, strict=strict)
     if write:
         parts.mkdir(parents=True, exist_ok=True)
-        _write_json(plan_file, plan.to_json())
+        write_json_atomic(plan_file, plan.to_json())
     return plan
-
-
-def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # --- tokenizing chunks ------------------------------------------------------------
@@ -331,7 +379,7 @@ def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Coun
             if counters is not None:
                 counters.add(len(lengths), int(tokens.size), len(data))
     stats.skipped = dict(skipped)
-    _write_json(marker_path(prefix), asdict(stats))
+    write_json_atomic(marker_path(prefix), asdict(stats))
     return stats
 
 
@@ -363,13 +411,42 @@ def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool
 _WORKER: dict = {}
 
 
+def _start_worker() -> None:
+    """Signals to a worker: the parent decides when the pool stops.
+
+    Ctrl-C (SIGINT) reaches the whole process group: only the parent acts
+    on it, and stops the pool. SIGTERM also reaches every process (``kill``
+    of the group, Slurm's cancel and time limit); a worker that is writing
+    a chunk then removes its temporary files and ends. An idle one waits
+    for the parent's stop (the flag ``stopping``): it may be inside the
+    pool's task-queue lock, and dying there would leave the pool's shutdown
+    waiting for that lock forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_worker)
+
+
+def _exit_worker(signum: int, frame: object) -> None:
+    if _WORKER.get("busy"):
+        raise SystemExit(128 + signum)  # through the chunk writer's clean-up to _work_in_child
+    if _WORKER["stopping"].value:  # the pool's own stop: its queue lock is the parent's now
+        os._exit(128 + signum)
+
+
 def _work_in_child(chunk: Chunk) -> tuple[int, ChunkStats | str]:
     try:
+        _WORKER["busy"] = True
         return chunk.index, tokenize_chunk(_WORKER["plan"], _WORKER["tok"], chunk, _WORKER["counters"])
+    except SystemExit as exc:  # stopped by the pool: the chunk's files are cleaned up, leave now
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
     except TitanEnvError as exc:
         return chunk.index, str(exc)
+    except OSError as exc:  # a full disk, a read-only mount: the path and what to do
+        return chunk.index, str(file_system_error(exc, _WORKER["plan"].parts_dir))
     except Exception as exc:  # keep the parent's report to one line naming the chunk
         return chunk.index, f"{chunk.path} [{chunk.start}:{chunk.end}]: {type(exc).__name__}: {exc}"
+    finally:
+        _WORKER["busy"] = False
 
 
 def cpus_available() -> int:
@@ -477,23 +554,26 @@ def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers:
                   counters: _Counters, total: ChunkStats, copier: _Copier) -> None:
     import multiprocessing
 
-    _WORKER.update(plan=plan, tok=tok, counters=counters)
+    context = multiprocessing.get_context("fork")
+    _WORKER.update(plan=plan, tok=tok, counters=counters, stopping=context.Value("b", 0, lock=False))
     # fork: workers inherit the loaded tokenizer instead of loading it again.
     # HF tokenizers would otherwise start its own thread pool in every worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    context = multiprocessing.get_context("fork")
     failure = None
     largest = max(c.size if c.end >= 0 else _file_size(plan, c.path) for c in pending)
     # gigatoken's pre-token cache only grows; a worker is replaced by a fresh
     # fork of this process after about RECYCLE_BYTES of input, bounding it.
-    with context.Pool(workers, maxtasksperchild=max(1, RECYCLE_BYTES // max(largest, 1))) as pool:
-        for _, result in pool.imap_unordered(_work_in_child, pending):
-            if isinstance(result, str):
-                failure = result
-                pool.terminate()
-                break
-            _add(total, result)
-            copier.poll()
+    with context.Pool(workers, initializer=_start_worker,
+                      maxtasksperchild=max(1, RECYCLE_BYTES // max(largest, 1))) as pool:
+        try:
+            for _, result in pool.imap_unordered(_work_in_child, pending):
+                if isinstance(result, str):
+                    failure = result
+                    break
+                _add(total, result)
+                copier.poll()
+        finally:
+            _WORKER["stopping"].value = 1  # then the pool stops its workers (Pool.__exit__)
     _WORKER.clear()
     if failure:
         raise PreprocessError(failure)
@@ -637,9 +717,13 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     lengths = [indexed.sequence_lengths(plan.chunk_prefix(c)) for c in plan.chunks]
     lengths_all = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int32)
     index = plan.parts_dir / "merged.idx"
-    index.write_bytes(indexed.index_bytes(dtype, lengths_all, np.arange(len(lengths_all) + 1, dtype=np.int64)))
-    os.replace(merged, indexed.bin_path(output))
-    os.replace(index, indexed.idx_path(output))
+    try:
+        index.write_bytes(indexed.index_bytes(dtype, lengths_all, np.arange(len(lengths_all) + 1, dtype=np.int64)))
+        os.replace(merged, indexed.bin_path(output))
+        os.replace(index, indexed.idx_path(output))
+    except BaseException:
+        index.unlink(missing_ok=True)
+        raise
     total = ChunkStats()
     for marker in markers:
         _add(total, ChunkStats(**marker))
@@ -662,7 +746,7 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
               "tokenizer_sha256": plan.settings.tokenizer_sha256}
     shutil.rmtree(plan.parts_dir, ignore_errors=True)
     summary.merge_seconds = record["merge_seconds"] = time.perf_counter() - started
-    _write_json(summary_path(output), record)
+    write_json_atomic(summary_path(output), record)
     return summary
 
 

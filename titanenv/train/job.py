@@ -285,7 +285,7 @@ def write_resolved(prepared: Prepared, toml: Path) -> Path:
 def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
              echo: Callable[[str], None] = print) -> int:
     """torchrun on this machine's CPUs or GPUs, with no Slurm; returns its exit status."""
-    from titanenv.runs import new_run, write_record
+    from titanenv.runs import new_run
 
     procs = procs or config.settings.train.procs_per_node or _local_devices()
     prepared = _prepare_any(config, request, nodes=1, procs=procs)
@@ -301,6 +301,16 @@ def run_here(config: Config, request: TrainRequest, *, procs: int = 0,
         echo("# would run: " + " ".join(_quote(w) for w in command))
         echo("# torchtitan: " + " ".join(_quote(w) for w in _torchtitan_words(prepared, toml, args)))
         return 0
+    from titanenv.train import exclusive
+
+    with exclusive.hold(config, prepared.dump_folder, echo=echo):  # one training per checkpoint folder
+        return _run_here(config, prepared, run, procs, toml, command, echo)
+
+
+def _run_here(config: Config, prepared: Prepared, run, procs: int, toml: Path,
+              command: list[str], echo: Callable[[str], None]) -> int:
+    from titanenv.runs import write_record
+
     toml = write_resolved(prepared, toml)
     _check_any(config, prepared, toml, here=True)
     prepared.dump_folder.mkdir(parents=True, exist_ok=True)
@@ -411,6 +421,10 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     procs = procs_per_node(config)
     prepared = _prepare_any(config, request, nodes=config.settings.slurm.nodes, procs=procs, submitting=True)
     dependency = _with_pending(request.dependency, prepared, echo)
+    if not request.dry:
+        from titanenv.train import exclusive
+
+        exclusive.check_submission(config, prepared.dump_folder, request.dependency)
     run = new_run(config, "train")
     # Beside the run directory: submission creates that directory itself, and
     # the job must find the TOML the moment it starts.

@@ -144,7 +144,8 @@ def _commit_label(git: dict[str, Any]) -> str:
 
 def record(toml: Path, resolved_config: dict[str, Any] | None, echo=print) -> Path:  # noqa: ANN001
     """Collect, print and write this job's facts into its run directory; return the file."""
-    from titanenv.runs import ran_path, write_json_atomic
+    from titanenv.files import write_json_atomic
+    from titanenv.runs import ran_path
 
     facts = collect(resolved_config)
     path = ran_path(run_dir_of(toml), facts["slurm_job_id"])
