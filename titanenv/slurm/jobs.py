@@ -207,7 +207,7 @@ def recent(*, since: str = "now-1days") -> Lookup:
     ended = _from_accounting([], result.notes, user=_login(), since=since)
     known = {job.job_id for job in queued}
     jobs = queued + [job for jid, job in ended.items() if jid not in known]
-    result.jobs = sorted(jobs, key=lambda j: _id_key(j.job_id))
+    result.jobs = sorted(jobs, key=lambda j: job_id_order(j.job_id))
     return result
 
 
@@ -216,7 +216,7 @@ def _login() -> str:
     return pwd.getpwuid(os.getuid()).pw_name
 
 
-def _id_key(job_id: str) -> tuple[int, str]:
+def job_id_order(job_id: str) -> tuple[int, str]:
     head = job_id.split("_")[0].split("+")[0]
     return (int(head) if head.isdigit() else 0, job_id)
 

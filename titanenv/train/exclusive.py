@@ -55,9 +55,9 @@ def active_jobs(config: Config, dump_folder: Path) -> list[str]:
             ids.extend(record.job_ids)
     if not ids:
         return []
-    from titanenv.slurm.jobs import _id_key, lookup
+    from titanenv.slurm.jobs import job_id_order, lookup
 
-    ids = sorted(set(ids), key=_id_key)
+    ids = sorted(set(ids), key=job_id_order)
     return [job.job_id for job in lookup(ids).jobs if job.source != "none" and not job.ended]
 
 
