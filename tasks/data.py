@@ -85,4 +85,35 @@ def verify(c, prefix=None, machine=None):
     print(run_verify(config.expand_path(config.settings.data.output, "data.output")))
 
 
-ns = Collection(preprocess, inspect, verify)
+@task(
+    help={
+        "valid_fraction": "Share of the documents held out for validation, e.g. 0.05 (at least one, never all).",
+        "prefix": OUTPUT_HELP + " The dataset to split; default: data.output.",
+        "train_output": "Prefix of the training part (default: PREFIX-train).",
+        "valid_output": "Prefix of the validation part (default: PREFIX-valid).",
+        "seed": "Seed of the choice of held-out documents (same seed, same split).",
+        "overwrite": "Replace existing outputs (the old ones stay until the new ones are complete).",
+        "machine": MACHINE_HELP,
+    }
+)
+def split(c, valid_fraction, prefix=None, train_output=None, valid_output=None, seed=1234, overwrite=False,
+          machine=None):
+    """Hold out whole documents of a dataset as a validation dataset: two new .bin/.idx pairs, nothing retokenized."""
+    from titanenv.data.split import split as run_split
+    from titanenv.errors import TitanEnvError
+
+    config = load(c, {"machine": machine, "data.output": prefix})
+    source = config.expand_path(config.settings.data.output, "data.output")
+    try:
+        fraction, seed = float(valid_fraction), int(seed)
+    except ValueError:
+        raise TitanEnvError(f"--valid-fraction {valid_fraction!r} / --seed {seed!r}: expected numbers") from None
+    train = config.expand_path(train_output, "--train-output") if train_output else source.with_name(f"{source.name}-train")
+    valid = config.expand_path(valid_output, "--valid-output") if valid_output else source.with_name(f"{source.name}-valid")
+    result = run_split(source, train, valid, fraction=fraction, seed=seed, overwrite=overwrite)
+    print("\n".join(result.lines()))
+    print(f"next: INVOKE_DATA_VALID_OUTPUT={valid} invoke train.run --dataset {train}  "
+          "(a recipe's [data] valid_datasets = [\"{data_valid_output}\"] is then the held-out part)")
+
+
+ns = Collection(preprocess, inspect, verify, split)
