@@ -177,7 +177,8 @@ def pending_datasets(config: Config, job: JobConfig) -> dict[str, list[str]]:
     from titanenv.runs import RunRecord, scan_runs
     from titanenv.slurm.jobs import lookup
 
-    missing = [str(p) for p in job.data.get("datasets") or [] if not Path(f"{p}.idx").is_file()]
+    validated = job.data.get("valid_datasets") or [] if job.get("validator.enable", False) is True else []
+    missing = [str(p) for p in [*(job.data.get("datasets") or []), *validated] if not Path(f"{p}.idx").is_file()]
     if not missing:
         return {}
     records = [entry for name in ("preprocess", "preprocess-parallel") for entry in scan_runs(config, name)
