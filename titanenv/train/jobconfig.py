@@ -3,10 +3,10 @@
 ``[model]`` picks a llama3 flavor of TorchTitan or a custom shape, and the
 attention; ``[data]`` names the datasets (weights), the validation datasets
 (``valid_datasets``, ``valid_weights``: what TorchTitan's ``[validator]``
-reads, through our loader) and the tokenizer directory. Every other section is TorchTitan's: ``[training] steps = 40``
-becomes ``--training.steps 40`` on its command line, so TorchTitan itself
-checks every key and value, and a task flag that changes a field just
-changes that argument.
+reads, through our loader) and the tokenizer directory. Every other section
+is TorchTitan's: ``[training] steps = 40`` becomes ``--training.steps 40``
+on its command line, so TorchTitan itself checks every key and value, and a
+task flag that changes a field just changes that argument.
 
 Two exceptions, both filled in before TorchTitan sees them:
 

@@ -104,7 +104,8 @@ def trainer_config(job: JobConfig):
         ),
         # [validator] enable, freq and steps stay TorchTitan's options; the
         # loader is ours, over [data] valid_datasets (never TorchTitan's
-        # default, which streams c4_validation from the Hub).
+        # default, which streams c4_validation from the Hub). It reads in the
+        # main process: the validator builds it anew for every validation.
         validator=Validator.Config(dataloader=ValidationDataLoader.Config(
             paths=[str(p) for p in job.data.get("valid_datasets", [])],
             weights=[float(w) for w in job.data.get("valid_weights", [])],
