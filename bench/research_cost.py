@@ -1,8 +1,8 @@
 """What validation and the export add to the main job, on CPU, as ratios against the same job without them.
 
 1. **Validation.** The main job's training (``debug_cpu.toml``: 40 steps, one
-   process, validation at its defaults: 2 batches at step 1 and every 20
-   steps) against the same training with ``--validator.no-enable``, the two
+   process, validation as its ``[validator]`` says: 1 batch at step 1 and
+   every 20 steps) against the same training with ``--validator.no-enable``, the two
    interleaved, ``--repeat`` times. TorchTitan's structured logs time every
    step (``step_end``) and every validation inside it (``eval_end``), so
    each run gives its own training time (steps less validations) and
