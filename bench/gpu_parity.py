@@ -195,6 +195,8 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     prefix = WORK / "data" / "train"
     invoke("data.preprocess", "--input", str(args.corpus), "--output", str(prefix), env=env)
+    # The CPU recipe validates on data.valid_output: here the same dataset, on both sides alike.
+    env["INVOKE_DATA_VALID_OUTPUT"] = str(prefix)
     options = ["--checkpoint.no-enable", "--training.steps", str(steps), "--metrics.log_freq", str(log_freq),
                "--metrics.enable_tensorboard"]
     device = torch.cuda.get_device_name(0) if gpu else "CPU"

@@ -126,6 +126,8 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")})
     prefix = WORK / "owt_gpt2"
     invoke("data.preprocess", "--input", str(CORPUS), "--tokenizer", str(TOKENIZER), "--output", str(prefix), env=env)
+    # The CPU recipe validates on data.valid_output: here the same dataset (this measures the loader, not the model).
+    env["INVOKE_DATA_VALID_OUTPUT"] = str(prefix)
 
     print(f"1. tokens/s delivered (seq_len {args.seq_len}, batch {args.batch_size}, no workers; medians of {args.repeat})")
     hf, ours = loader_throughput(prefix, args.seq_len, args.batch_size, args.batches, args.repeat)

@@ -22,6 +22,8 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
         "chunk_mb": "MiB of input per unit of work; 0 means about 8 chunks per worker (data.chunk_mb).",
         "strict": "Stop at the first bad line, naming its file and line (data.strict).",
         "overwrite": "Replace an existing output, and drop the parts of an unfinished run.",
+        "valid": "Tokenize the held-out part instead: data.valid_inputs -> data.valid_output (what a recipe's "
+                 "[data] valid_datasets names as {data_valid_output}); --input/--output still win.",
         "parallel": "Spread the chunks over the tasks of a Slurm job on all its nodes, then merge.",
         "local": "Run here, in place, instead of submitting a job (the default on the local machine).",
         "submit": "Submit a Slurm job even on the local machine (e.g. to a workstation's own Slurm).",
@@ -32,13 +34,21 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
     },
 )
 def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backend=None, eod_token=None,
-               workers=None, chunk_mb=None, strict=False, overwrite=False, parallel=False, local=False, submit=False,
-               tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
+               workers=None, chunk_mb=None, strict=False, overwrite=False, valid=False, parallel=False, local=False,
+               submit=False, tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
                dependency=None, dry=False, machine=None):
     """Tokenize JSONL with a HF tokenizer into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
     from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
 
     inputs = [part for value in (input or []) for part in value.split(":") if part]
+    if valid:
+        held_out = load(c, {"machine": machine}).settings.data
+        inputs = inputs or list(held_out.valid_inputs)
+        output = output or held_out.valid_output
+        if not inputs:
+            from titanenv.errors import TitanEnvError
+
+            raise TitanEnvError("--valid: data.valid_inputs is empty; set it or give --input")
     config = load(c, {
         "machine": machine,
         "data.inputs": inputs or None,
@@ -85,4 +95,35 @@ def verify(c, prefix=None, machine=None):
     print(run_verify(config.expand_path(config.settings.data.output, "data.output")))
 
 
-ns = Collection(preprocess, inspect, verify)
+@task(
+    help={
+        "valid_fraction": "Share of the documents held out for validation, e.g. 0.05 (at least one, never all).",
+        "prefix": OUTPUT_HELP + " The dataset to split; default: data.output.",
+        "train_output": "Prefix of the training part (default: PREFIX-train).",
+        "valid_output": "Prefix of the validation part (default: PREFIX-valid).",
+        "seed": "Seed of the choice of held-out documents (same seed, same split).",
+        "overwrite": "Replace existing outputs (the old ones stay until the new ones are complete).",
+        "machine": MACHINE_HELP,
+    }
+)
+def split(c, valid_fraction, prefix=None, train_output=None, valid_output=None, seed=1234, overwrite=False,
+          machine=None):
+    """Hold out whole documents of a dataset as a validation dataset: two new .bin/.idx pairs, nothing retokenized."""
+    from titanenv.data.split import split as run_split
+    from titanenv.errors import TitanEnvError
+
+    config = load(c, {"machine": machine, "data.output": prefix})
+    source = config.expand_path(config.settings.data.output, "data.output")
+    try:
+        fraction, seed = float(valid_fraction), int(seed)
+    except ValueError:
+        raise TitanEnvError(f"--valid-fraction {valid_fraction!r} / --seed {seed!r}: expected numbers") from None
+    train = config.expand_path(train_output, "--train-output") if train_output else source.with_name(f"{source.name}-train")
+    valid = config.expand_path(valid_output, "--valid-output") if valid_output else source.with_name(f"{source.name}-valid")
+    result = run_split(source, train, valid, fraction=fraction, seed=seed, overwrite=overwrite)
+    print("\n".join(result.lines()))
+    print(f"next: INVOKE_DATA_VALID_OUTPUT={valid} invoke train.run --dataset {train}  "
+          "(a recipe's [data] valid_datasets = [\"{data_valid_output}\"] is then the held-out part)")
+
+
+ns = Collection(preprocess, inspect, verify, split)

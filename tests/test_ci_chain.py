@@ -21,7 +21,7 @@ from tests.slurm.conftest import submitted_ids
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 
 CHAIN = ["container.build", "--offline", "container.activate", "env.setup", "--offline", "data.preprocess",
-         "train.submit", "--steps", "5", "--batch-size", "2", "--name", "ci"]
+         "data.preprocess", "--valid", "train.submit", "--steps", "5", "--batch-size", "2", "--name", "ci"]
 NO_NETWORK = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "PIP_NO_INDEX": "1"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, SHARED_DATA, run_invoke
+from tests.helpers import REPO_ROOT, SHARED_DATA, run_invoke, valid_env
 
 pytestmark = pytest.mark.train
 
@@ -23,7 +23,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 def lab(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two train.run links of one experiment (steps 1-4, then 5-6 resumed), TensorBoard on; their console output."""
     root = tmp_path_factory.mktemp("lab")
-    env = {**OFFLINE, "INVOKE_PATHS_CHECKPOINT_DIR": str(root / "experiments"),
+    env = {**OFFLINE, **valid_env(), "INVOKE_PATHS_CHECKPOINT_DIR": str(root / "experiments"),
            "INVOKE_PATHS_RUNS_DIR": str(root / "runs"), "HOME": str(root / "home")}
     dataset = root / "wiki"
     ok(env, "data.preprocess", "--input", str(WIKI), "--output", str(dataset))
@@ -245,7 +245,11 @@ def test_the_report_stitches_both_links_as_the_logs_show_them(lab: dict) -> None
     assert value_at("train loss last") == (pytest.approx(losses[6], abs=1e-4), 6)
     assert value_at("train loss best") == (pytest.approx(losses[best], abs=1e-4), best)
     assert rows["checkpoints"] == "step-2, step-4, step-6"
-    assert rows["validation loss last"] == "-"
+    # debug_cpu.toml validates at step 1 and every 20 steps: once in these 6.
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", "".join(lab["logs"]))
+    validated = {int(s): float(v) for s, v in re.findall(r"validate step:\s*(\d+)\s+loss:\s*([0-9.]+)", plain)}
+    assert sorted(validated) == [1]
+    assert value_at("validation loss last") == (pytest.approx(validated[1], abs=2e-4), 1)
     assert re.fullmatch(r"median [0-9,]+, last [0-9,]+", rows["tokens/s per device"])
     assert re.fullmatch(r"\d+:\d\d:\d\d", rows["wall time"])
 

@@ -11,7 +11,7 @@ from tests.helpers import SHARED_DATA, run_invoke
 
 pytestmark = pytest.mark.train
 
-STEP = re.compile(r"step:\s*(\d+)\s+loss:")
+STEP = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:")
 
 
 def ok(*args: str):

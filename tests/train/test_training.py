@@ -17,7 +17,7 @@ from tests.slurm.conftest import submitted_ids
 pytestmark = pytest.mark.train
 
 WIKI = SHARED_DATA / "corpus" / "wikitext2_valid_test.jsonl"
-STEP = re.compile(r"step:\s*(\d+)\s+loss:\s*([0-9.naninf]+)")
+STEP = re.compile(r"(?<!validate )step:\s*(\d+)\s+loss:\s*([0-9.naninf]+)")
 
 
 def losses(text: str) -> dict[int, float]:

@@ -349,6 +349,10 @@ class DataSettings(Model):
     inputs: list[StrictStr] = Field(min_length=1)
     tokenizer: StrictStr
     output: StrictStr
+    # The held-out part: its JSONL inputs and the dataset they make
+    # ({data_valid_output} in a training TOML's [data] valid_datasets).
+    valid_inputs: list[StrictStr] = []
+    valid_output: StrictStr
     text_key: Annotated[StrictStr, Field(min_length=1)] = "text"
     backend: Literal["auto", "gigatoken", "hf"] = "auto"
     eod_token: StrictStr = ""

@@ -9,7 +9,14 @@ datasets are blended by weight with Megatron's deterministic rule (always
 take from the dataset furthest behind its share).
 
 Sample ``k`` of the global order goes to data-parallel rank ``k %
-dp_world_size``, so ranks never share a sample. Within a rank, samples come
+dp_world_size``, so ranks never share a sample.
+
+A *one-pass* order (``one_pass``; validation reads it) instead visits every
+window of every dataset once, in order (the first dataset's windows, then
+the next one's; weights do not apply), and ends: each rank gets the same
+number of whole batches, ``windows // (dp_world_size * batch_size)``, and
+the few windows beyond that are left out (``PackedWindows.dropped``), so no
+rank waits for another in a collective that never comes. Within a rank, samples come
 in batches; with W loader workers, worker ``w`` makes batches ``w, w + W,
 ...`` and the loader returns them in order. A position is the number of
 batches a worker has produced, so a resumed run continues exactly there.
@@ -37,31 +44,36 @@ class Source:
     weight: float
 
 
-def open_sources(sources: Sequence[Source], *, seq_len: int, vocab_size: int | None = None) -> list[IndexedDataset]:
-    """Open and check every dataset: consistent, ids below ``vocab_size``, long enough for a window."""
+def open_sources(sources: Sequence[Source], *, seq_len: int, vocab_size: int | None = None,
+                 role: str = "training", key: str = "[data] datasets") -> list[IndexedDataset]:
+    """Open and check every dataset: consistent, ids below ``vocab_size``, long enough for a window.
+
+    ``role`` and ``key`` name the datasets in errors (validation ones: [data] valid_datasets).
+    """
     if not sources:
-        raise TrainDataError("no training dataset given (train.datasets)")
+        raise TrainDataError(f"no {role} dataset given ({key})")
+    label = "dataset" if role == "training" else f"{role} dataset"
     opened = []
     for source in sources:
         if source.weight <= 0:
-            raise TrainDataError(f"dataset {source.prefix}: weight {source.weight} must be positive")
+            raise TrainDataError(f"{label} {source.prefix}: weight {source.weight} must be positive")
         try:
             dataset = IndexedDataset(source.prefix)
         except IndexedDatasetError as exc:
-            raise TrainDataError(f"dataset {exc}; run data.preprocess to make it") from None
+            raise TrainDataError(f"{label} {exc}; run data.preprocess to make it") from None
         problems = dataset.problems()
         if problems:
-            raise TrainDataError(f"dataset {source.prefix}: corrupt ({'; '.join(problems)}); run data.verify")
+            raise TrainDataError(f"{label} {source.prefix}: corrupt ({'; '.join(problems)}); run data.verify")
         if dataset.num_tokens < seq_len + 1:
             raise TrainDataError(
-                f"dataset {source.prefix}: {dataset.num_tokens:,} tokens cannot fill one window of "
+                f"{label} {source.prefix}: {dataset.num_tokens:,} tokens cannot fill one window of "
                 f"seq_len + 1 = {seq_len + 1:,}; lower training.seq_len or add data"
             )
         if vocab_size is not None and dataset.num_tokens:
             largest = int(dataset.tokens.max())
             if largest >= vocab_size:
                 raise TrainDataError(
-                    f"dataset {source.prefix}: token id {largest} does not fit the model's vocabulary of "
+                    f"{label} {source.prefix}: token id {largest} does not fit the model's vocabulary of "
                     f"{vocab_size:,}; use a model with vocab_size > {largest} or the matching tokenizer"
                 )
         opened.append(dataset)
@@ -115,20 +127,59 @@ class WindowSampler:
         return [(int(chosen[k - lo]), self.window(int(chosen[k - lo]), int(nth[k - lo]))) for k in indices]
 
 
+class OnePassSampler:
+    """Every window of every dataset once, in order: sample k is the k-th window of their concatenation."""
+
+    def __init__(self, window_counts: Sequence[int]):
+        self.window_counts = [int(n) for n in window_counts]
+        self.starts = np.cumsum([0, *self.window_counts])
+        self.total = int(self.starts[-1])
+
+    def samples(self, indices: Sequence[int]) -> list[tuple[int, int]]:
+        found = []
+        for k in indices:
+            dataset = int(np.searchsorted(self.starts, k, side="right")) - 1
+            found.append((dataset, int(k - self.starts[dataset])))
+        return found
+
+
 class PackedWindows:
-    """Windows of ``seq_len + 1`` tokens, split over data-parallel ranks; iterable and resumable."""
+    """Windows of ``seq_len + 1`` tokens, split over data-parallel ranks; iterable and resumable.
+
+    ``one_pass``: every window once, in order, then the end; ``batches_per_rank``
+    whole batches on every rank, ``dropped`` windows left over.
+    """
 
     def __init__(self, sources: Sequence[Source], *, seq_len: int, batch_size: int, dp_rank: int = 0,
-                 dp_world_size: int = 1, seed: int = 0, vocab_size: int | None = None):
+                 dp_world_size: int = 1, seed: int = 0, vocab_size: int | None = None, one_pass: bool = False,
+                 role: str = "training", key: str = "[data] datasets"):
         self.sources = list(sources)
-        self.datasets = open_sources(self.sources, seq_len=seq_len, vocab_size=vocab_size)
+        self.datasets = open_sources(self.sources, seq_len=seq_len, vocab_size=vocab_size, role=role, key=key)
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         counts = [(d.num_tokens - 1) // seq_len for d in self.datasets]
-        self.sampler = WindowSampler(counts, [s.weight for s in self.sources], seed)
+        self.batches_per_rank: int | None = None  # None: endless
+        self.dropped = 0
+        if one_pass:
+            self.sampler: WindowSampler | OnePassSampler = OnePassSampler(counts)
+            per_batch = batch_size * dp_world_size
+            self.batches_per_rank, self.dropped = divmod(self.sampler.total, per_batch)
+            if not self.batches_per_rank:
+                raise TrainDataError(
+                    f"{role} datasets ({key}): {self.sampler.total:,} window(s) of seq_len + 1 = {seq_len + 1:,} "
+                    f"tokens cannot give each of {dp_world_size} data-parallel rank(s) one batch of {batch_size}; "
+                    "add data or lower training.local_batch_size or training.seq_len"
+                )
+        else:
+            self.sampler = WindowSampler(counts, [s.weight for s in self.sources], seed)
         self.batches_done = 0  # in the single-process loader; workers keep their own
+
+    @property
+    def windows_total(self) -> int:
+        """Windows of all datasets together."""
+        return sum(self.sampler.window_counts)
 
     def batch_samples(self, batch: int) -> list[tuple[int, int]]:
         """(dataset, window) of every sample in this rank's batch number ``batch``."""
@@ -141,7 +192,7 @@ class PackedWindows:
 
     def batches(self, first: int, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         batch = first
-        while True:
+        while self.batches_per_rank is None or batch < self.batches_per_rank:
             windows = [self.tokens(d, w) for d, w in self.batch_samples(batch)]
             yield batch, np.stack(windows)
             batch += step

@@ -91,12 +91,14 @@ def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int
     settings = config.settings.train
     path = recipe_path(config)
     data_output = str(config.expand_path(config.settings.data.output, "data.output"))
+    data_valid_output = str(config.expand_path(config.settings.data.valid_output, "data.valid_output"))
     data_tokenizer = config.expand_path(config.settings.data.tokenizer, "data.tokenizer")
     if data_tokenizer.is_file():
         data_tokenizer = data_tokenizer.parent
 
     def expand(value: str, key: str) -> str:
         value = value.replace("{data_output}", data_output).replace("{data_tokenizer}", str(data_tokenizer))
+        value = value.replace("{data_valid_output}", data_valid_output)
         return str(config.expand_path(value, f"{path.name} {key}"))
 
     job = read(path, expand)
@@ -131,21 +133,32 @@ def check_parallelism(job: JobConfig, world: int) -> None:
 
 
 def check_data(job: JobConfig, skip: set[str] = frozenset()) -> None:
-    """Every dataset (but those in ``skip``) opens, is consistent, fits the model's vocabulary and fills a window."""
+    """Every dataset (but those in ``skip``) opens, is consistent, fits the model's vocabulary and fills a window.
+
+    With ``[validator] enable = true`` the same holds for ``[data]
+    valid_datasets``, which must then be given: TorchTitan's own default
+    would stream a dataset from the Hub.
+    """
     from titanenv.train.dataset import Source, open_sources
 
-    datasets = job.data.get("datasets") or []
-    weights = job.data.get("weights") or [1.0] * len(datasets)
-    if len(weights) != len(datasets):
-        raise TrainError(f"{job.path}: [data] has {len(datasets)} datasets but {len(weights)} weights")
     vocab = _model_vocab(job)
     seq_len = int(job.get("training.seq_len", 2048))
-    sources = [Source(Path(p), float(w)) for p, w in zip(datasets, weights) if str(p) not in skip]
-    if not sources:
-        return
-    datasets_opened = open_sources(sources, seq_len=seq_len, vocab_size=vocab)
-    for dataset in datasets_opened:
-        dataset.close()
+    checked = [("datasets", "weights", "training")]
+    if job.get("validator.enable", False) is True:
+        if not job.data.get("valid_datasets"):
+            raise TrainError(f"{job.path}: [validator] enable = true needs [data] valid_datasets "
+                             "(datasets written by data.preprocess, e.g. [\"{data_valid_output}\"])")
+        checked.append(("valid_datasets", "valid_weights", "validation"))
+    for key, weights_key, role in checked:
+        datasets = job.data.get(key) or []
+        weights = job.data.get(weights_key) or [1.0] * len(datasets)
+        if len(weights) != len(datasets):
+            raise TrainError(f"{job.path}: [data] has {len(datasets)} {key} but {len(weights)} {weights_key}")
+        sources = [Source(Path(p), float(w)) for p, w in zip(datasets, weights) if str(p) not in skip]
+        if not sources:
+            continue
+        for dataset in open_sources(sources, seq_len=seq_len, vocab_size=vocab, role=role, key=f"[data] {key}"):
+            dataset.close()
 
 
 def _model_vocab(job: JobConfig) -> int | None:
@@ -164,7 +177,8 @@ def pending_datasets(config: Config, job: JobConfig) -> dict[str, list[str]]:
     from titanenv.runs import RunRecord, scan_runs
     from titanenv.slurm.jobs import lookup
 
-    missing = [str(p) for p in job.data.get("datasets") or [] if not Path(f"{p}.idx").is_file()]
+    validated = job.data.get("valid_datasets") or [] if job.get("validator.enable", False) is True else []
+    missing = [str(p) for p in [*(job.data.get("datasets") or []), *validated] if not Path(f"{p}.idx").is_file()]
     if not missing:
         return {}
     records = [entry for name in ("preprocess", "preprocess-parallel") for entry in scan_runs(config, name)

@@ -1,11 +1,12 @@
 """The TOML job description: our [model] and [data] sections, TorchTitan's own options for the rest.
 
 ``[model]`` picks a llama3 flavor of TorchTitan or a custom shape, and the
-attention; ``[data]`` names the datasets (weights) and the tokenizer
-directory. Every other section is TorchTitan's: ``[training] steps = 40``
-becomes ``--training.steps 40`` on its command line, so TorchTitan itself
-checks every key and value, and a task flag that changes a field just
-changes that argument.
+attention; ``[data]`` names the datasets (weights), the validation datasets
+(``valid_datasets``, ``valid_weights``: what TorchTitan's ``[validator]``
+reads, through our loader) and the tokenizer directory. Every other section
+is TorchTitan's: ``[training] steps = 40`` becomes ``--training.steps 40``
+on its command line, so TorchTitan itself checks every key and value, and a
+task flag that changes a field just changes that argument.
 
 Two exceptions, both filled in before TorchTitan sees them:
 
@@ -38,7 +39,7 @@ BUILT_BY_REGISTRY = ("activation_checkpoint",)
 # What "{name}" may stand for in [parallelism].
 PARALLELISM_PLACEHOLDERS = ("nodes", "procs_per_node", "world_size")
 MODEL_KEYS = {"flavor", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "attention", "multiple_of"}
-DATA_KEYS = {"datasets", "weights", "tokenizer", "seed", "num_workers"}
+DATA_KEYS = {"datasets", "weights", "valid_datasets", "valid_weights", "tokenizer", "seed", "num_workers"}
 
 
 class JobConfigError(TitanEnvError):
@@ -146,6 +147,8 @@ def read(path: Path, expand: Callable[[str, str], str] | None = None) -> JobConf
     data = dict(raw["data"])
     if expand is not None:
         data["datasets"] = [expand(str(p), "data.datasets") for p in data.get("datasets", [])]
+        if "valid_datasets" in data:
+            data["valid_datasets"] = [expand(str(p), "data.valid_datasets") for p in data["valid_datasets"]]
         if "tokenizer" in data:
             data["tokenizer"] = expand(str(data["tokenizer"]), "data.tokenizer")
     return JobConfig(path=path, model=dict(raw["model"]), data=data, torchtitan=others)

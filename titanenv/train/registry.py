@@ -79,10 +79,11 @@ def trainer_config(job: JobConfig):
     from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
     from torchtitan.components.metrics import MetricsProcessor
     from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
+    from torchtitan.components.validate import Validator
     from torchtitan.config import TrainingConfig
     from torchtitan.models.common.config_utils import decoder_vocab_size
 
-    from titanenv.train.loader import PretokenizedDataLoader
+    from titanenv.train.loader import PretokenizedDataLoader, ValidationDataLoader
 
     spec = model_spec(job.model)
     vocab = decoder_vocab_size(spec)
@@ -101,6 +102,16 @@ def trainer_config(job: JobConfig):
             num_workers=int(job.data.get("num_workers", 0)),
             vocab_size=vocab,
         ),
+        # [validator] enable, freq and steps stay TorchTitan's options; the
+        # loader is ours, over [data] valid_datasets (never TorchTitan's
+        # default, which streams c4_validation from the Hub). It reads in the
+        # main process: the validator builds it anew for every validation.
+        validator=Validator.Config(dataloader=ValidationDataLoader.Config(
+            paths=[str(p) for p in job.data.get("valid_datasets", [])],
+            weights=[float(w) for w in job.data.get("valid_weights", [])],
+            seed=int(job.data.get("seed", 1234)),
+            vocab_size=vocab,
+        )),
         metrics=MetricsProcessor.Config(log_freq=1),
         checkpoint=CheckpointManager.Config(interval=20, last_save_model_only=False),
         activation_checkpoint=activation_checkpoint(job),
