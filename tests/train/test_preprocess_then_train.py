@@ -61,10 +61,13 @@ def test_preprocess_then_train_in_two_calls_and_the_dataset_checked_at_start(tmp
     missing = tmp_path / "gone" / "wiki"
     (first,) = submitted_ids(ok(run_invoke("data.preprocess", "--submit", "--input", str(WIKI),
                                            "--output", str(missing))).stdout)
+    # A held job keeps training from starting until the dataset is gone.
+    blocker = slurm_env.run(["sbatch", "--parsable", "--hold", "--output=/dev/null", "--wrap", "true"]).stdout.strip()
     (second,) = submitted_ids(ok(run_invoke("train.submit", "--name", "gone", "--dataset", str(missing),
-                                            *TRAIN, timeout=600)).stdout)
+                                            "--dependency", blocker, *TRAIN, timeout=600)).stdout)
     ok(run_invoke("jobs.wait", "--job", first, "--interval", "0.5", timeout=600))
     Path(f"{missing}.idx").unlink()
+    slurm_env.run(["scontrol", "release", blocker])
     waited = run_invoke("jobs.wait", "--job", second, "--interval", "0.5", timeout=600)
     assert waited.returncode == 1
     err = run_invoke("jobs.logs", "--job", second, "--err").stdout
