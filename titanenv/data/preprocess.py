@@ -576,7 +576,17 @@ def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers:
             _WORKER["stopping"].value = 1  # then the pool stops its workers (Pool.__exit__)
     _WORKER.clear()
     if failure:
+        # Every worker has ended (the pool joined them): what one stopped
+        # mid-write left behind (its temporary .bin/.idx) is no one's now.
+        _remove_worker_temporaries(plan.parts_dir)
         raise PreprocessError(failure)
+
+
+def _remove_worker_temporaries(folder: Path) -> None:
+    for path in folder.glob(".chunk-*.tmp-*"):
+        pid = path.name.rpartition(".tmp-")[2]
+        if pid.isdigit() and int(pid) != os.getpid():
+            path.unlink(missing_ok=True)
 
 
 WARM_UP_BYTES = 256 << 10
