@@ -39,7 +39,7 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
     from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
 
     inputs = [part for value in (input or []) for part in value.split(":") if part]
-    config = load(c, {
+    config = load({
         "machine": machine,
         "data.inputs": inputs or None,
         "data.tokenizer": tokenizer,
@@ -71,7 +71,7 @@ def inspect(c, prefix=None, tokenizer=None, document=0, chars=500, machine=None)
     """Print a dataset's documents, tokens, dtype and vocabulary bound, and decode one document."""
     from titanenv.data.inspect import describe
 
-    config = load(c, {"machine": machine, "data.output": prefix, "data.tokenizer": tokenizer})
+    config = load({"machine": machine, "data.output": prefix, "data.tokenizer": tokenizer})
     for line in describe(config, document=int(document), chars=int(chars), tokenizer_given=tokenizer is not None):
         print(line)
 
@@ -81,7 +81,7 @@ def verify(c, prefix=None, machine=None):
     """Check a .bin/.idx pair for consistency (sizes, pointers, dtype); exit non-zero when corrupt."""
     from titanenv.data.inspect import verify as run_verify
 
-    config = load(c, {"machine": machine, "data.output": prefix})
+    config = load({"machine": machine, "data.output": prefix})
     print(run_verify(config.expand_path(config.settings.data.output, "data.output")))
 
 

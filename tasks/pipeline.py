@@ -12,7 +12,7 @@ def pipeline(c, machine=None, steps=None):
 
     from tasks._common import load
 
-    config = load(c, {"machine": machine})
+    config = load({"machine": machine})
     output = config.expand_path(config.settings.data.output, "data.output")
     if bin_path(output).exists() and idx_path(output).exists():
         print(f"data: {output}.bin/.idx exists; keeping it (data.preprocess --overwrite remakes it)")
