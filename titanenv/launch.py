@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from titanenv.config import Config, HF_OFFLINE_ENVIRONMENT, cache_environment
-from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.cudaarch import cuda_arch_list
 
 # Python module of each launcher a machine profile may name (cluster.launcher).
 LAUNCHER_MODULES = {
@@ -50,7 +50,7 @@ def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
     env = dict(cache_environment(config.paths.cache_dir))
     env.update(HF_OFFLINE_ENVIRONMENT)
     if cluster.cuda_compute_capabilities:
-        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, cluster.cuda_compute_capabilities)
+        env["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(None, cluster.cuda_compute_capabilities)
     if training:
         env.update(cluster.network.env)
         env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"

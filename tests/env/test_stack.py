@@ -275,7 +275,4 @@ def test_the_check_rejects_containers_whose_torch_is_too_old(torch: str, registr
 @pytest.mark.parametrize(("nvcc", "expected"), [("12.9", "7.0;8.0;9.0"), ("13.3", "8.0;9.0"), (None, "7.0;8.0;9.0")])
 def test_cuda_arch_list_leaves_volta_out_from_cuda_13(nvcc: str | None, expected: str) -> None:
     # The 26.07 image's nvcc is CUDA 13.3, which refuses sm_70: builds in the venv must not ask for it.
-    from titanenv.config.paths import torch_cuda_arch_list
-
     assert inside.cuda_arch_list(nvcc, ["7.0", "8.0", "9.0"], []) == expected
-    assert torch_cuda_arch_list(nvcc, ["7.0", "8.0", "9.0"]) == expected

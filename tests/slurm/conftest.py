@@ -21,15 +21,13 @@ from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, load, slurm_flag
 @task(help={**SLURM_HELP, "chain": CHAIN_HELP, "machine": MACHINE_HELP, "command": "Shell command of each task."})
 def submit(c, command="true", nodes=None, time=None, partition=None, account=None, job_name=None,
            dependency=None, dry=False, chain=1, machine=None):
-    """Submit COMMAND on every task of the job, then a one-task merge step."""
+    """Submit COMMAND on every task of the job."""
     from titanenv import sbatch, slurm
     from titanenv.runs import new_run
 
-    config = load(c, {**slurm_flags(nodes, time, partition, account, job_name), "machine": machine})
+    config = load({**slurm_flags(nodes, time, partition, account, job_name), "machine": machine})
     run = new_run(config, "probe")
-    script = sbatch.preprocess_parallel_script(
-        config, run_dir=run.path, command=["bash", "-c", command], merge_command=["true"]
-    )
+    script = sbatch.preprocess_parallel_script(config, run_dir=run.path, command=["bash", "-c", command])
     slurm.submit(config, run, script, dry=dry, chain=int(chain), dependency=dependency)
 
 

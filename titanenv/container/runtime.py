@@ -13,17 +13,16 @@ images in fresh ``run --rm`` containers and see only what they are given with
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Mapping, Protocol, Sequence
 
 from titanenv.errors import ConfigError
+from titanenv.names import is_env_name
 
 ImageKind = Literal["file", "named", "none"]
 RUNTIME_NAMES: tuple[str, ...] = ("apptainer", "singularity", "docker", "podman", "none")
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def venv_entry(command: Sequence[str], *, unset: Sequence[str], activate: str | 
     becomes ``TRITON_LIBCUDA_PATH`` when it holds ``libcuda.so`` there.
     """
     for name in unset:
-        if not _NAME_PATTERN.match(name):
+        if not is_env_name(name, prefix_glob=True):
             raise ConfigError(f"{name!r} is not a variable name (a trailing * matches a prefix)", key="container.unset_env")
     patterns = "|".join(unset) or "''"
     parts = [f'for __v in $(compgen -v); do case "$__v" in {patterns}) unset "$__v" 2>/dev/null ;; esac; done; unset __v']

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from titanenv.config import HF_OFFLINE_ENVIRONMENT, Config, cache_environment, container_stem
-from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.cudaarch import cuda_arch_list
 from titanenv.container.host import HostShell
 from titanenv.container.images import FileImages, ImageLayout, NamedImages
 from titanenv.container.runtime import Apptainer, Docker, ExecSpec, Mount, NoRuntime, runtime_for, venv_entry
@@ -104,7 +104,7 @@ def container_environment(config: Config) -> dict[str, str]:
     env.update(HF_OFFLINE_ENVIRONMENT)
     capabilities = config.settings.cluster.cuda_compute_capabilities
     if capabilities:
-        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, capabilities)
+        env["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(None, capabilities)
     env.update(config.settings.container.env)
     return env
 

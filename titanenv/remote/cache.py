@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from titanenv.remote.target import RemoteOptions, RemoteTarget, resolve_target
+from titanenv.files import write_json_atomic
 
 if TYPE_CHECKING:
     from titanenv.config import Config
@@ -126,8 +126,6 @@ class TargetResolver:
         self._entry = entry
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as handle:
-                json.dump(entry, handle)
-            os.replace(handle.name, self.path)
+            write_json_atomic(self.path, entry)
         except OSError:
             pass  # a cache that cannot be written only costs time
