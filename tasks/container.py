@@ -156,7 +156,7 @@ def _print_invocation(config, argv, interactive=False):
     from titanenv import container
 
     invocation = container.run_invocation(config, argv, interactive=interactive, tty=interactive)
-    wrapped = container.host_shell(config).wrap(invocation.argv) if config.settings.cluster.container_runtime != "none" else invocation.argv
+    wrapped = container.host_shell(config).wrap(invocation.argv) if container.uses_container(config) else invocation.argv
     print(shlex.join(wrapped))
 
 

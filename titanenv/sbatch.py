@@ -25,6 +25,7 @@ from titanenv.config import Config
 from titanenv.config.schema import (
     PARTITION_KINDS, SBATCH_OPTION_NAME, PartitionSpec, sbatch_value_problem, slurm_time_seconds,
 )
+from titanenv.container.session import uses_container
 from titanenv.errors import ConfigError, RenderError
 from titanenv.names import is_env_name
 from titanenv.launch import job_environment, job_launcher, job_python, stop_guard
@@ -238,7 +239,7 @@ def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
         "description": cluster.description,
         "modules": cluster.modules,
         "runtime": cluster.container_runtime,
-        "runtime_binary": cluster.container_binary if cluster.container_runtime != "none" else "",
+        "runtime_binary": cluster.container_binary if uses_container(config) else "",
         "network": cluster.network,
     }
     try:
@@ -333,7 +334,7 @@ def train_script(
     """
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
-    if not cluster.network.master_port and cluster.container_runtime != "none":
+    if not cluster.network.master_port and uses_container(config):
         raise ConfigError(
             "port 0 (a free port chosen at job start) needs the host's Python, which only runtime none uses; "
             "give a fixed port",

@@ -211,6 +211,11 @@ class Cluster(Model):
     network: Network
     container_runtime: Runtime
     container_binary: StrictStr
+    local: StrictBool = Field(
+        default=False,
+        description="the machine the tasks run on (a laptop or workstation): data.* and research.* run jobs here "
+        "unless --submit, and jobs without a container use the Python running the task",
+    )
     launcher: Launcher = Field(description="distributed launcher of training jobs: torchrun or torchrun_jsc")
     stop_signal_lead: Annotated[StrictInt, Field(ge=0, le=65535)] = Field(
         description="seconds before a training job's time limit at which Slurm asks it to save a checkpoint and "

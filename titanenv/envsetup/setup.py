@@ -186,7 +186,7 @@ def _run_inside(config: Config, argv: list[str], *, venv: bool, extra_env: dict[
 
     invocation = container.run_invocation(config, argv, venv=venv, patched=False, hf_offline=False,
                                           extra_env=extra_env)
-    if config.settings.cluster.container_runtime == "none":
+    if not container.uses_container(config):
         return subprocess.run(invocation.argv, env=invocation.env).returncode
     if not container.images(config).slot_state("active").present:
         raise SetupError(

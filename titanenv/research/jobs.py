@@ -28,7 +28,7 @@ class ExportOptions:
 def in_place(config: Config, options: ExportOptions) -> bool:
     if options.local and options.submit:
         raise TitanEnvError("--local and --submit contradict each other; give one")
-    return options.local or (config.machine == "local" and not options.submit)
+    return options.local or (config.settings.cluster.local and not options.submit)
 
 
 def export(config: Config, options: ExportOptions, echo: Callable[[str], None] = print):
