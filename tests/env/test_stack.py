@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.env.repos import git, make_repo
-from tests.env.test_setup import World, error_line, ok
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, World, error_line, ok
 from titanenv.config import known_machines, load_config
 from titanenv.envsetup import inside, stubwheel
 from titanenv.envsetup.setup import constraints, requirement_set, setup_plan

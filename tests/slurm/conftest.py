@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, run_invoke
 
 # A submitting task written the way data.preprocess and train.submit are:
 # the shared Slurm flags, load(), render, titanenv.slurm.submit.
@@ -42,22 +40,3 @@ def probe_project(project: Path) -> Path:
     tasks_py = project / "tasks.py"
     tasks_py.write_text(tasks_py.read_text() + "\nfrom tasks import probe  # noqa: E402\n\nns.add_collection(probe)\n")
     return project
-
-
-def submitted_ids(stdout: str) -> list[str]:
-    """Job ids from the `submitted job N: ...` lines of a submission."""
-    return [line.split()[2].rstrip(":") for line in stdout.splitlines() if line.startswith("submitted job ")]
-
-
-def invoke_ok(*args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = run_invoke(*args, cwd=cwd, env=env, timeout=120)
-    assert result.returncode == 0, f"invoke {' '.join(args)}: {result.stdout}\n{result.stderr}"
-    return result
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The task failed with status 1 and exactly one `error: ...` line on stderr."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
