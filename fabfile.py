@@ -19,4 +19,7 @@ _tasks = importlib.util.module_from_spec(_spec)
 sys.modules["tasks"] = _tasks
 _spec.loader.exec_module(_tasks)
 
+# Fabric reads FABRIC_* variables, not INVOKE_*: the project's are for the laptop-side configuration.
+_tasks._common.restore_project_variables()
+
 ns = _tasks.ns

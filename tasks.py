@@ -23,7 +23,10 @@ try:
 except ConfigError as exc:
     raise Exit(f"error: {exc}", code=1) from None
 
-from tasks import config, container, data, env, jobs, pipeline, remote, research, train  # noqa: E402
+from tasks import _common, config, container, data, env, jobs, pipeline, remote, research, train  # noqa: E402
+
+# Invoke reads its configuration and environment next; the project's INVOKE_* variables are not for it.
+_common.set_aside_project_variables()
 
 ns = Collection(config, container, data, env, jobs, remote, research, train)
 ns.add_task(pipeline.pipeline)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -30,6 +31,7 @@ class ProjectTask(invoke.Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from titanenv.errors import TitanEnvError
 
+        restore_project_variables()
         try:
             return super().__call__(*args, **kwargs)
         except TitanEnvError as exc:
@@ -47,47 +49,39 @@ class ProjectTask(invoke.Task):
 task = functools.partial(invoke.task, klass=ProjectTask)
 
 
-def _leave_project_env_vars_raw() -> None:
-    """Let the project's loader, not Invoke, parse INVOKE_* values of its own keys.
+# INVOKE_* variables of this project's keys, out of Invoke's sight until a task runs.
+_SET_ASIDE: dict[str, str] = {}
 
-    Invoke casts each INVOKE_* variable to the type of the value in
-    invoke.yaml and dies with a traceback on a bad one (INVOKE_SLURM_NODES=x,
-    or any list). titanenv.config reads the same variables with typed
-    validation and a one-line error naming the variable, so for keys outside
-    Invoke's (and Fabric's) own defaults Invoke keeps the raw string.
+
+def set_aside_project_variables() -> None:
+    """Keep Invoke from reading the ``INVOKE_*`` variables of this project's keys.
+
+    Both read invoke.yaml and the ``INVOKE_*`` names, but titanenv.config owns
+    every key there beside Invoke's own (``run``, ``sudo``, ``tasks``, ...):
+    it validates them and reports a bad value as one line naming the variable.
+    Invoke would cast each variable to the type of its key's value in
+    invoke.yaml and die with a traceback, before any task runs, on a bad one
+    (INVOKE_SLURM_NODES=x) or on any list. So ``tasks.py``, which Invoke
+    imports before it reads its configuration, takes those variables out of
+    the environment, and the first task to run puts them back
+    (:func:`restore_project_variables`), for the loader and child processes.
     """
-    import sys
-
-    from invoke.env import Environment
-
-    if getattr(Environment._path_set, "_project_raw", False):
-        return
-    invoke_path_set = Environment._path_set
-
-    def _path_set(self: Environment, key_path: Any, value: str) -> None:
-        own_keys = set(invoke.Config.global_defaults())
-        fabric_config = sys.modules.get("fabric.config")
-        if fabric_config is not None:
-            own_keys.update(fabric_config.Config.global_defaults())
-        if key_path and key_path[0] not in own_keys:
-            node = self.data
-            for key in key_path[:-1]:
-                node = node.setdefault(key, {})
-            node[key_path[-1]] = value
-            return
-        invoke_path_set(self, key_path, value)
-
-    _path_set._project_raw = True  # type: ignore[attr-defined]
-    Environment._path_set = _path_set  # type: ignore[method-assign]
+    invoke_own = tuple(f"INVOKE_{key.upper()}_" for key in invoke.Config.global_defaults())
+    for name in [n for n in os.environ if n.startswith("INVOKE_") and not n.startswith(invoke_own)]:
+        _SET_ASIDE[name] = os.environ.pop(name)
 
 
-_leave_project_env_vars_raw()
+def restore_project_variables() -> None:
+    """Put back what :func:`set_aside_project_variables` took (a no-op the second time)."""
+    os.environ.update(_SET_ASIDE)
+    _SET_ASIDE.clear()
 
 
-def load(c: invoke.Context, flags: Mapping[str, Any] | None = None) -> "Config":
+def load(flags: Mapping[str, Any] | None = None) -> "Config":
     """Resolve the layered configuration; ``flags`` maps dotted keys to CLI values.
 
-    Options left at None do not override anything.
+    Options left at None do not override anything. The task context is not
+    needed: titanenv.config, not Invoke, owns the project's settings.
     """
     from titanenv.config import load_config
 

@@ -16,7 +16,7 @@ def show(c, machine=None, key="", format="table"):
     """Print the resolved configuration and where each value came from."""
     from titanenv.config import report
 
-    config = load(c, {"machine": machine})
+    config = load({"machine": machine})
     if format == "table":
         print(report.show_table(config, key))
     elif format == "yaml":
@@ -42,7 +42,7 @@ def check(c, machine=None, all=False):
     failed = 0
     for name in machines:
         try:
-            config = load(c, {"machine": name})
+            config = load({"machine": name})
         except ConfigError as exc:
             failed += 1
             print(f"FAIL {name or 'configured machine'}: {exc}")

@@ -10,14 +10,14 @@ RUNTIME_HELP = "Container runtime: apptainer, singularity, docker, podman or non
 BINARY_HELP = "Runtime binary name or path (default: the machine's, else the runtime's name)."
 
 
-def config_for(c, machine=None, runtime=None, binary=None, extra=None):
+def config_for(machine=None, runtime=None, binary=None, extra=None):
     """Resolve the configuration; --runtime also picks its binary unless --binary names one."""
     flags = {"machine": machine, "cluster.container_runtime": runtime, **(extra or {})}
     if runtime is not None:
         flags["cluster.container_binary"] = binary or ("" if runtime == "none" else runtime)
     elif binary is not None:
         flags["cluster.container_binary"] = binary
-    return load(c, flags)
+    return load(flags)
 
 
 def images_or_note(config, verb):
@@ -59,7 +59,7 @@ def argv_after_dashes(fallback=""):
 )
 def build(c, machine=None, runtime=None, binary=None, offline=False, force=False):
     """Build the container at the build path (pull the pinned image, or --offline from its archive)."""
-    store = images_or_note(config_for(c, machine, runtime, binary), "build")
+    store = images_or_note(config_for(machine, runtime, binary), "build")
     if store is None:
         return
     where = store.build(offline=offline, force=force)
@@ -76,7 +76,7 @@ def build(c, machine=None, runtime=None, binary=None, offline=False, force=False
 )
 def download(c, machine=None, runtime=None, binary=None, force=False):
     """Save the pinned image as an archive for offline builds (on a machine with network)."""
-    store = images_or_note(config_for(c, machine, runtime, binary), "download")
+    store = images_or_note(config_for(machine, runtime, binary), "download")
     if store is None:
         return
     where = store.download(force=force)
@@ -93,7 +93,7 @@ def download(c, machine=None, runtime=None, binary=None, force=False):
 )
 def activate(c, machine=None, runtime=None, binary=None, rollback=False):
     """Make the built container the active one, keeping the replaced one for --rollback."""
-    store = images_or_note(config_for(c, machine, runtime, binary), "roll back" if rollback else "activate")
+    store = images_or_note(config_for(machine, runtime, binary), "roll back" if rollback else "activate")
     if store is None:
         return
     if rollback:
@@ -105,7 +105,7 @@ def activate(c, machine=None, runtime=None, binary=None, rollback=False):
 @task(help={"machine": MACHINE_HELP, "runtime": RUNTIME_HELP, "binary": BINARY_HELP})
 def status(c, machine=None, runtime=None, binary=None):
     """Show the built, active and previous containers."""
-    store = images_or_note(config_for(c, machine, runtime, binary), "show")
+    store = images_or_note(config_for(machine, runtime, binary), "show")
     if store is None:
         return
     for state in store.status():
@@ -125,7 +125,7 @@ def run(c, machine=None, runtime=None, binary=None, command="", dry=False):
     """Run a command in the active container with the venv activated: invoke container.run -- CMD ARGS..."""
     from titanenv import container
 
-    config = config_for(c, machine, runtime, binary)
+    config = config_for(machine, runtime, binary)
     argv = argv_after_dashes(command)
     if dry:
         _print_invocation(config, argv)
@@ -141,7 +141,7 @@ def shell(c, machine=None, runtime=None, binary=None, dry=False):
     """Open an interactive shell in the active container with the venv activated."""
     from titanenv import container
 
-    config = config_for(c, machine, runtime, binary)
+    config = config_for(machine, runtime, binary)
     if dry:
         _print_invocation(config, ["bash", "-i"], interactive=True)
         return
@@ -156,7 +156,7 @@ def _print_invocation(config, argv, interactive=False):
     from titanenv import container
 
     invocation = container.run_invocation(config, argv, interactive=interactive, tty=interactive)
-    wrapped = container.host_shell(config).wrap(invocation.argv) if config.settings.cluster.container_runtime != "none" else invocation.argv
+    wrapped = container.host_shell(config).wrap(invocation.argv) if container.uses_container(config) else invocation.argv
     print(shlex.join(wrapped))
 
 

@@ -42,14 +42,14 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
 
     inputs = [part for value in (input or []) for part in value.split(":") if part]
     if valid:
-        held_out = load(c, {"machine": machine}).settings.data
+        held_out = load({"machine": machine}).settings.data
         inputs = inputs or list(held_out.valid_inputs)
         output = output or held_out.valid_output
         if not inputs:
             from titanenv.errors import TitanEnvError
 
             raise TitanEnvError("--valid: data.valid_inputs is empty; set it or give --input")
-    config = load(c, {
+    config = load({
         "machine": machine,
         "data.inputs": inputs or None,
         "data.tokenizer": tokenizer,
@@ -81,7 +81,7 @@ def inspect(c, prefix=None, tokenizer=None, document=0, chars=500, machine=None)
     """Print a dataset's documents, tokens, dtype and vocabulary bound, and decode one document."""
     from titanenv.data.inspect import describe
 
-    config = load(c, {"machine": machine, "data.output": prefix, "data.tokenizer": tokenizer})
+    config = load({"machine": machine, "data.output": prefix, "data.tokenizer": tokenizer})
     for line in describe(config, document=int(document), chars=int(chars), tokenizer_given=tokenizer is not None):
         print(line)
 
@@ -91,7 +91,7 @@ def verify(c, prefix=None, machine=None):
     """Check a .bin/.idx pair for consistency (sizes, pointers, dtype); exit non-zero when corrupt."""
     from titanenv.data.inspect import verify as run_verify
 
-    config = load(c, {"machine": machine, "data.output": prefix})
+    config = load({"machine": machine, "data.output": prefix})
     print(run_verify(config.expand_path(config.settings.data.output, "data.output")))
 
 
@@ -112,7 +112,7 @@ def split(c, valid_fraction, prefix=None, train_output=None, valid_output=None, 
     from titanenv.data.split import split as run_split
     from titanenv.errors import TitanEnvError
 
-    config = load(c, {"machine": machine, "data.output": prefix})
+    config = load({"machine": machine, "data.output": prefix})
     source = config.expand_path(config.settings.data.output, "data.output")
     try:
         fraction, seed = float(valid_fraction), int(seed)

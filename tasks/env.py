@@ -20,7 +20,7 @@ def setup(c, machine=None, runtime=None, binary=None, update=False, offline=Fals
     """Create the venv in the container, clone the pinned repositories and install everything."""
     from titanenv.envsetup.setup import setup as run_setup
 
-    run_setup(config_for(c, machine, runtime, binary), offline=offline, update=update, dry=dry)
+    run_setup(config_for(machine, runtime, binary), offline=offline, update=update, dry=dry)
 
 
 @task(
@@ -34,7 +34,7 @@ def download(c, machine=None, runtime=None, binary=None):
     """Download every wheel and bundle every pinned repository for env.setup --offline (pip download args after --)."""
     from titanenv.envsetup.setup import download as run_download
 
-    run_download(config_for(c, machine, runtime, binary), argv_after_dashes())
+    run_download(config_for(machine, runtime, binary), argv_after_dashes())
 
 
 @task(name="verify-bundle", help={"machine": MACHINE_HELP})
@@ -42,7 +42,7 @@ def verify_bundle(c, machine=None):
     """Check the offline bundle against its checksums and the configured pins."""
     from titanenv.envsetup.setup import verify_bundle as run_verify
 
-    summary = run_verify(config_for(c, machine))
+    summary = run_verify(config_for(machine))
     pins = ", ".join(f"{name}@{info.get('ref')}" for name, info in summary.repos.items())
     print(f"ok {summary.path}: {summary.files} files match MANIFEST.json ({summary.wheels} wheels; {pins or 'no repositories'})")
 
@@ -70,7 +70,7 @@ def hub_download(c, machine=None, runtime=None, binary=None, model=None, tokeniz
     from titanenv.envsetup.hub import download as run_download
 
     given = {"model": model, "tokenizer": tokenizer, "dataset": dataset, "metric": metric}
-    run_download(config_for(c, machine, runtime, binary), given, trust_remote_code=trust_remote_code or None, dry=dry)
+    run_download(config_for(machine, runtime, binary), given, trust_remote_code=trust_remote_code or None, dry=dry)
 
 
 ns = Collection(setup, download, verify_bundle, hub_download)

@@ -19,14 +19,14 @@ def _job_ids(c, job, run, machine, *, what, latest=False):
     if run:
         from titanenv.runs import find_run
 
-        record = find_run(load(c, {"machine": machine}), run)
+        record = find_run(load({"machine": machine}), run)
         if not record.job_ids:
             raise Exit(f"error: run {record.run_dir} submitted no Slurm jobs", code=1)
         return record.job_ids, record
     if latest:
         from titanenv.runs import latest_submitting_run
 
-        record = latest_submitting_run(load(c, {"machine": machine}))
+        record = latest_submitting_run(load({"machine": machine}))
         print(f"waiting for run {record.run_dir}: job {','.join(record.job_ids)}", flush=True)
         return record.job_ids, record
     raise Exit(f"error: which job? {what} needs --job ID or --run RUN", code=2)
@@ -47,7 +47,7 @@ def status(c, job="", run="", runs=False, limit=20, since="now-1days", machine=N
     from titanenv.slurm import jobs
 
     if runs:
-        print(jobs.runs_table(load(c, {"machine": machine}), limit=int(limit)))
+        print(jobs.runs_table(load({"machine": machine}), limit=int(limit)))
         return
     if job or run:
         ids, _ = _job_ids(c, job, run, machine, what="status")
@@ -80,7 +80,7 @@ def logs(c, job="", run="", err=False, follow=False, tail=0, machine=None):
     if record is None:
         from titanenv.runs import find_job
 
-        record = find_job(load(c, {"machine": machine}), job_id)
+        record = find_job(load({"machine": machine}), job_id)
     paths = jobs.log_paths(job_id, record_script=record.script_path if record else None)
     path = paths.stderr if err else paths.stdout
     if follow:

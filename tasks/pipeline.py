@@ -22,7 +22,7 @@ def pipeline(c, machine=None, steps=None):
     from titanenv.research.report import run_report
 
     started = time.monotonic()
-    config = load(c, {"machine": machine})
+    config = load({"machine": machine})
     data = config.settings.data
     datasets = {}
     for part, valid, template, key in (("training", False, data.output, "data.output"),

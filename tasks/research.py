@@ -40,7 +40,7 @@ def export(c, name=None, step=None, config=None, output=None, dtype=None, overwr
     """Convert a checkpoint into a Hugging Face Llama directory (safetensors, config, tokenizer)."""
     from titanenv.research.jobs import ExportOptions, export as run_export
 
-    settings = load(c, {"machine": machine, "train.name": name,
+    settings = load({"machine": machine, "train.name": name,
                         **slurm_flags(nodes, time, partition, account, job_name)})
     run_export(settings, ExportOptions(toml=config, step=_number("step", step), output=output, dtype=dtype,
                                        overwrite=overwrite, local=local, submit=submit, dry=dry,
@@ -61,7 +61,7 @@ def sample(c, name=None, step=None, config=None, hf=None, prompt=None, max_new_t
     """Print text generated from a checkpoint or an exported directory for a prompt (greedy or sampled)."""
     from titanenv.research import sample as sampling
 
-    settings = load(c, {"machine": machine, "train.name": name, "research.prompt": prompt,
+    settings = load({"machine": machine, "train.name": name, "research.prompt": prompt,
                         "research.max_new_tokens": as_int(max_new_tokens), "research.device": device,
                         "research.temperature": _number("temperature", temperature, float),
                         "research.seed": _number("seed", seed)})
@@ -95,7 +95,7 @@ def report(c, name=None, config=None, output=None, machine=None):
     from titanenv.research.experiment import find_experiment
     from titanenv.research.report import run_report
 
-    settings = load(c, {"machine": machine, "train.name": name})
+    settings = load({"machine": machine, "train.name": name})
     experiment = find_experiment(settings, config)
     lines, _figure = run_report(settings, experiment, settings.expand_path(output, "--output") if output else None)
     print("\n".join(lines))

@@ -26,7 +26,7 @@ TRAIN_HELP = {
 
 def _config(c, machine, config, name, procs_per_node, dataset, torchtitan, torchtitan_entry, toml_option,
             extra=None):
-    return load(c, {
+    return load({
         "machine": machine,
         "train.config": config,
         "train.name": name,

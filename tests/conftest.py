@@ -13,6 +13,20 @@ from tests.helpers import REPO_ROOT
 # Fixture modules of the areas that start real services (tests/fixtures/).
 pytest_plugins: list[str] = ["tests.fixtures.podman", "tests.fixtures.slurm", "tests.fixtures.sshd"]
 
+# The fixture that starts each real service, and the mark of every test that uses it
+# (directly or through another fixture): `-m "not slurm"` then never starts the cluster.
+SERVICE_MARKS = {"slurm_cluster": "slurm", "sshd": "sshd", "podman": "container"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the services its fixtures start, before `-m` selects."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for fixture, mark in SERVICE_MARKS.items():
+            if fixture in used:
+                item.add_marker(mark)
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:

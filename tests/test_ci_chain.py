@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.env.test_setup import World, error_line, ok
+from tests.helpers import World, error_line, ok, run_invoke, submitted_ids
 from tests.fixtures.slurm import LocalSlurm
-from tests.helpers import run_invoke
-from tests.slurm.conftest import submitted_ids
 
 pytestmark = [pytest.mark.slurm, pytest.mark.train]
 

@@ -38,9 +38,7 @@ HOSTILE = [
 def render_all(config, run_dir: Path, command: list[str]) -> dict[str, str]:
     return {
         "preprocess.sbatch.j2": sbatch.preprocess_script(config, run_dir=run_dir, command=command),
-        "preprocess_parallel.sbatch.j2": sbatch.preprocess_parallel_script(
-            config, run_dir=run_dir, command=command, merge_command=[*command, "merge"]
-        ),
+        "preprocess_parallel.sbatch.j2": sbatch.preprocess_parallel_script(config, run_dir=run_dir, command=command),
         "train.sbatch.j2": sbatch.train_script(config, run_dir=run_dir, command=command),
         "export.sbatch.j2": sbatch.export_script(config, run_dir=run_dir, command=command),
     }

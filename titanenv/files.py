@@ -1,11 +1,18 @@
-"""Small file helpers every part of the library shares (no dependencies beyond the standard library)."""
+"""Small file helpers every part of the library shares (standard library only).
+
+Modules that run inside the container with its bare Python
+(:mod:`titanenv.envsetup.inside`) import them too, so nothing here may
+import beyond the standard library.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def record_text(data: dict[str, Any]) -> str:
@@ -18,18 +25,37 @@ def record_text(data: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``.
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write; renamed over ``path`` when the block succeeds.
 
-    A symbolic link at ``path`` is replaced, not followed. On any failure
-    (a full disk, Ctrl-C) the temporary file is removed and ``path`` is as
-    it was.
+    The rename is atomic: readers see the old file or the whole new one. A
+    symbolic link at ``path`` is replaced, not followed. On any failure (a
+    full disk, Ctrl-C) the temporary file is removed and ``path`` is as it was.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(record_text(data), encoding="utf-8")
-        # The rename is atomic: readers see the old file or the whole new one.
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` all at once or not at all (see :func:`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as :func:`record_text` to ``path`` all at once or not at all."""
+    write_text_atomic(path, record_text(data))
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 
 from titanenv.config import Config, HF_OFFLINE_ENVIRONMENT, cache_environment
-from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.container.session import uses_container
+from titanenv.cudaarch import cuda_arch_list
 
 # Python module of each launcher a machine profile may name (cluster.launcher).
 LAUNCHER_MODULES = {
@@ -30,7 +31,7 @@ def unsupported_gpus(config: Config) -> str | None:
     """Why the machine's GPUs cannot run the container's CUDA, or None when they can (or it is unknown)."""
     cluster = config.settings.cluster
     cuda = config.settings.container.contents.cuda
-    if cluster.container_runtime == "none" or not cuda or not cluster.cuda_compute_capabilities:
+    if not uses_container(config) or not cuda or not cluster.cuda_compute_capabilities:
         return None
     major = int(cuda.split(".")[0])
     oldest = _OLDEST_GPU.get(major)
@@ -50,7 +51,7 @@ def job_environment(config: Config, *, training: bool) -> list[tuple[str, str]]:
     env = dict(cache_environment(config.paths.cache_dir))
     env.update(HF_OFFLINE_ENVIRONMENT)
     if cluster.cuda_compute_capabilities:
-        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, cluster.cuda_compute_capabilities)
+        env["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(None, cluster.cuda_compute_capabilities)
     if training:
         env.update(cluster.network.env)
         env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
@@ -65,7 +66,7 @@ def job_launcher(config: Config) -> list[str]:
     command's words follow unchanged. With no container (runtime ``none``) the
     command runs as it is; see :func:`job_python` for the interpreter it uses.
     """
-    if config.settings.cluster.container_runtime == "none":
+    if not uses_container(config):
         return []
     from titanenv.container import job_exec_prefix
 
@@ -80,13 +81,13 @@ def job_launcher(config: Config) -> list[str]:
 def job_python(config: Config) -> str:
     """The Python that job steps run.
 
-    Inside a container, the activated venv's ``python``. Without one: on the
-    local machine the interpreter running this task, elsewhere the venv of the
-    machine's CPU architecture.
+    Inside a container, the activated venv's ``python``. Without one: on a
+    machine whose profile says ``cluster.local`` the interpreter running this
+    task, elsewhere the venv of the machine's CPU architecture.
     """
-    if config.settings.cluster.container_runtime != "none":
+    if uses_container(config):
         return "python"
-    if config.machine == "local":
+    if config.settings.cluster.local:
         return sys.executable
     return str(config.paths.venv_dir / "bin" / "python")
 

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import socket
-import subprocess
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +31,8 @@ from typing import Any, Iterator
 
 from titanenv.config import Config
 from titanenv.errors import TitanEnvError
-from titanenv.files import write_json_atomic
+from titanenv.files import sha256_file, write_json_atomic
+from titanenv.git import GitProbe
 
 RECORD_NAME = "run.json"
 RECORD_FORMAT = 1
@@ -62,152 +60,6 @@ def new_run(config: Config, name: str) -> Run:
         raise RunError(f"run name {name!r}: use letters, digits, '.', '_' and '-' (e.g. train)")
     stamp = datetime.now(timezone.utc).strftime(_STAMP_FORMAT)
     return Run(name=name, path=config.paths.runs_dir / name / f"{stamp}-{secrets.token_hex(3)}")
-
-
-# Git states already found in this process, reused while nothing git would
-# look at has changed (see GitProbe).
-_GIT_MEMO: dict[str, tuple[list[str], list[tuple[int, int, int] | None], dict[str, Any]]] = {}
-# Files changed this close to a probe may change again within the file
-# system's time resolution unnoticed ("racy git"); such a state is not reused.
-_RACY_NS = 2_000_000_000
-
-
-class GitProbe:
-    """The commit, branch and dirty flag of a repository, started now and read later.
-
-    Submission starts it before calling sbatch so the two overlap. It never
-    raises: a missing git or a directory that is not a repository gives
-    ``{"commit": None, "dirty": None, "error": ...}``. Untracked files count as
-    dirty: an uncommitted training config changes what a run did as much as
-    an edited one.
-
-    Like git's own index, a process remembers the answer together with the
-    stat data (mtime, size, inode) of every tracked and untracked file, their
-    directories and the repository's HEAD, index and refs; a later probe that
-    finds all of these unchanged reuses it instead of running git again, so
-    submitting many jobs from one process costs one ``git status``.
-    """
-
-    def __init__(self, repo: Path):
-        self._repo = Path(repo)
-        self._started_ns = time.time_ns()
-        self._memo: dict[str, Any] | None = None
-        self._error: str | None = None
-        self._status: subprocess.Popen[str] | None = None
-        self._files: subprocess.Popen[bytes] | None = None
-        memo = _GIT_MEMO.get(str(self._repo))
-        if memo is not None and _fingerprint(memo[0]) == memo[1]:
-            self._memo = memo[2]
-            return
-        git = ["git", "--no-optional-locks", "-C", str(self._repo)]
-        try:
-            self._status = subprocess.Popen(
-                [*git, "status", "--porcelain=v2", "--branch"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-            )
-            self._files = subprocess.Popen(
-                [*git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            )
-        except OSError as exc:
-            self._error = f"git status: {exc}"
-
-    def result(self) -> dict[str, Any]:
-        """``{"commit", "branch", "dirty", "changed"}``, or ``{"commit": None, "dirty": None, "error"}``."""
-        if self._memo is None:
-            self._memo = self._collect()
-        return dict(self._memo)
-
-    def _collect(self) -> dict[str, Any]:
-        if self._status is None:
-            return {"commit": None, "dirty": None, "error": self._error}
-        stdout, stderr = self._status.communicate()
-        listing = self._files.communicate()[0] if self._files else b""
-        if self._status.returncode != 0:
-            last = (stderr.strip().splitlines() or [f"exit status {self._status.returncode}"])[-1]
-            return {"commit": None, "dirty": None, "error": last}
-        state = _parse_status(stdout)
-        if self._files is not None and self._files.returncode == 0:
-            self._remember(state, listing)
-        return state
-
-    def _remember(self, state: dict[str, Any], listing: bytes) -> None:
-        repo = self._repo
-        files = [repo / os.fsdecode(name) for name in listing.split(b"\0") if name]
-        watched = sorted({str(p) for p in (repo, *files, *(f.parent for f in files), *_git_files(repo))})
-        fingerprint = _fingerprint(watched)
-        newest = max((entry[0] for entry in fingerprint if entry), default=0)
-        if newest < self._started_ns - _RACY_NS:
-            _GIT_MEMO[str(repo)] = (watched, fingerprint, state)
-
-
-def _git_files(repo: Path) -> list[Path]:
-    """HEAD, index, packed refs and the current branch's ref file (worktrees included)."""
-    dot_git = repo / ".git"
-    git_dir = dot_git
-    try:
-        if dot_git.is_file():
-            git_dir = (repo / dot_git.read_text().split("gitdir:", 1)[1].strip()).resolve()
-        common = git_dir
-        if (git_dir / "commondir").is_file():
-            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
-        head = (git_dir / "HEAD").read_text().strip()
-    except (OSError, IndexError):
-        return [dot_git]
-    paths = [dot_git, git_dir / "HEAD", git_dir / "index", common / "packed-refs"]
-    if head.startswith("ref: "):
-        paths.append(common / head[5:])
-    return paths
-
-
-def _fingerprint(paths: list[str]) -> list[tuple[int, int, int] | None]:
-    entries: list[tuple[int, int, int] | None] = []
-    stat = os.stat
-    for path in paths:
-        try:
-            st = stat(path)
-        except OSError:
-            entries.append(None)
-        else:
-            entries.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return entries
-
-
-def git_state(repo: Path) -> dict[str, Any]:
-    """Commit, branch and dirty flag of ``repo``; see :class:`GitProbe`."""
-    return GitProbe(repo).result()
-
-
-def _parse_status(text: str) -> dict[str, Any]:
-    commit = branch = None
-    changed = []
-    for line in text.splitlines():
-        if line.startswith("# branch.oid "):
-            oid = line.split(" ", 2)[2]
-            commit = None if oid == "(initial)" else oid
-        elif line.startswith("# branch.head "):
-            head = line.split(" ", 2)[2]
-            branch = None if head == "(detached)" else head
-        elif line and not line.startswith("#"):
-            changed.append(_status_path(line))
-    return {"commit": commit, "branch": branch, "dirty": bool(changed), "changed": changed[:20]}
-
-
-def _status_path(line: str) -> str:
-    """The path of one ``git status --porcelain=v2`` entry."""
-    kind = line[0]
-    fields = {"1": 8, "2": 9, "u": 10}.get(kind)
-    if fields is None:  # "? path" (untracked) or "! path" (ignored)
-        return line[2:]
-    return line.split(" ", fields)[fields].split("\t")[0]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _script_entry(run: Run, script: str | None) -> dict[str, str] | None:

@@ -8,10 +8,9 @@ against ``sample_data/SHA256SUMS``, once per target directory.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 from pathlib import Path
+from titanenv.files import replacing, sha256_file
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 # Plain file -> the shipped files it is made of, concatenated (decompressed where .zst).
@@ -34,19 +33,10 @@ def _checksums() -> dict[str, str]:
     return {name: digest for digest, name in (line.split(None, 1) for line in lines if line.strip())}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write(target: Path, parts: list[str], expected: str) -> None:
     import zstandard
 
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(target) as temporary:
         with temporary.open("wb") as out:
             for part in parts:
                 source = SAMPLE_DIR / part
@@ -55,11 +45,8 @@ def _write(target: Path, parts: list[str], expected: str) -> None:
                         zstandard.ZstdDecompressor().copy_stream(f, out)
                     else:
                         shutil.copyfileobj(f, out)
-        if _sha256(temporary) != expected:
+        if sha256_file(temporary) != expected:
             raise SampleDataError(f"{SAMPLE_DIR}: {target.name} made from {parts} does not match SHA256SUMS")
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def materialize(target: Path) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +25,14 @@ from titanenv.config import Config
 from titanenv.config.schema import (
     PARTITION_KINDS, SBATCH_OPTION_NAME, PartitionSpec, sbatch_value_problem, slurm_time_seconds,
 )
+from titanenv.container.session import uses_container
 from titanenv.errors import ConfigError, RenderError
+from titanenv.names import is_env_name
 from titanenv.launch import job_environment, job_launcher, job_python, stop_guard
 from titanenv.launch import torchrun as launch_torchrun
 
 TEMPLATES_DIR = "sbatch_templates"
 TEMPLATES = ("export.sbatch.j2", "preprocess.sbatch.j2", "preprocess_parallel.sbatch.j2", "train.sbatch.j2")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _OPTION_NAME = SBATCH_OPTION_NAME
 
 
@@ -56,7 +56,7 @@ def qjoin(values: Iterable[Any]) -> Quoted:
 
 def envname(name: Any) -> Quoted:
     """An environment variable name, checked rather than quoted."""
-    if not isinstance(name, str) or not _ENV_NAME.match(name):
+    if not is_env_name(name):
         raise RenderError(f"{name!r} is not an environment variable name")
     return Quoted(name)
 
@@ -239,7 +239,7 @@ def render(config: Config, template: str, context: Mapping[str, Any]) -> str:
         "description": cluster.description,
         "modules": cluster.modules,
         "runtime": cluster.container_runtime,
-        "runtime_binary": cluster.container_binary if cluster.container_runtime != "none" else "",
+        "runtime_binary": cluster.container_binary if uses_container(config) else "",
         "network": cluster.network,
     }
     try:
@@ -287,19 +287,18 @@ def preprocess_parallel_script(
     *,
     run_dir: Path,
     command: list[str],
-    merge_command: list[str] | None = None,
     ntasks_per_node: int = 1,
     task: str = "data.preprocess --parallel",
     dependency: str = "",
 ) -> str:
-    """Tasks over all nodes each tokenizing a share of the input, then (``merge_command``) one merge step."""
+    """Tasks over all nodes each tokenizing a share of the input; the task that finishes last merges."""
     resources = resources_for(
         config, job_name="preprocess-parallel", gpu=False, log_dir=run_dir,
         ntasks_per_node=ntasks_per_node, dependency=dependency,
     )
     return _render_job(
         config, "preprocess_parallel.sbatch.j2", title="Preprocess data in parallel", task=task,
-        resources=resources, run_dir=run_dir, training=False, command=command, merge_command=merge_command or [],
+        resources=resources, run_dir=run_dir, training=False, command=command,
     )
 
 
@@ -335,7 +334,7 @@ def train_script(
     """
     cluster = config.settings.cluster
     resources = resources_for(config, job_name="train", gpu=True, log_dir=run_dir, dependency=dependency)
-    if not cluster.network.master_port and cluster.container_runtime != "none":
+    if not cluster.network.master_port and uses_container(config):
         raise ConfigError(
             "port 0 (a free port chosen at job start) needs the host's Python, which only runtime none uses; "
             "give a fixed port",

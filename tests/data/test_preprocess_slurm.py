@@ -9,8 +9,7 @@ import pytest
 
 from tests.data.test_preprocess import GPT2, OWT, WIKI, ok, pair_bytes, preprocess
 from tests.fixtures.slurm import LocalSlurm
-from tests.helpers import run_invoke
-from tests.slurm.conftest import submitted_ids
+from tests.helpers import run_invoke, submitted_ids
 from titanenv import locks
 from titanenv.data import preprocess as pre
 

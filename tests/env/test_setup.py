@@ -11,15 +11,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.env.repos import git, make_repo, release, repack_installed
-from tests.env.tiny_backend import make_wheel
-from tests.helpers import REPO_ROOT, run_invoke
+from tests.env.repos import git, release, repack_installed
+from tests.helpers import REPO_ROOT, World, error_line, ok
 
 
 @pytest.fixture(autouse=True)
@@ -32,91 +29,9 @@ def clean_pip_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
 
 
-class World:
-    """Upstream repositories, a wheel index, and a user config pointing everything into tmp."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sources = root / "sources"
-        self.wheels = root / "wheels"
-        self.wheels.mkdir(parents=True)
-        make_wheel(self.wheels, "tinydep", "1.0", {"tinydep/__init__.py": "VALUE = 42\n"})
-        make_wheel(self.wheels, "tinyextra", "2.0", {"tinyextra/__init__.py": "NAME = 'extra'\n"})
-        self.alpha = make_repo(self.sources / "alpha", "alpha", "1.0", deps=["tinydep"])
-        self.beta_upstream = make_repo(self.sources / "beta-upstream", "beta", "1.0")
-        # The fork: upstream's history plus a branch of its own.
-        self.beta_fork = self.sources / "beta-fork"
-        subprocess.run(["git", "clone", "--quiet", str(self.beta_upstream), str(self.beta_fork)], check=True)
-        git(self.beta_fork, "checkout", "--quiet", "-b", "ours")
-        release(self.beta_fork, "beta", "1.1")
-        self.config_path = root / "config.yaml"
-        self.settings = {
-            "cluster": {"project_root": str(root / "project"), "scratch_root": str(root / "scratch")},
-            "env": {
-                "python": sys.executable,
-                "repos": [
-                    {"name": "alpha", "uri": str(self.alpha), "ref": "v1.0"},
-                    {"name": "beta", "uri": str(self.beta_fork), "ref": "ours", "upstream": str(self.beta_upstream),
-                     "editable": True},
-                ],
-                "pip_packages": ["tinyextra==2.0"],
-                "build_packages": [],
-                "project": {"install": False},
-                # "Online" here means the local wheel index instead of PyPI.
-                "pip_args": ["--no-index", "--find-links", str(self.wheels)],
-                "download_args": ["--no-index", "--find-links", str(self.wheels)],
-            },
-        }
-        self.write()
-
-    def write(self) -> None:
-        self.config_path.write_text(yaml.safe_dump(self.settings))
-
-    def invoke(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return run_invoke(*args, env={"INVOKE_USER_CONFIG": str(self.config_path), **(env or {})})
-
-    @property
-    def scratch(self) -> Path:
-        return self.root / "scratch" / "trustllm" / _user() / "torchtitan"
-
-    @property
-    def repos(self) -> Path:
-        return self.root / "project" / "trustllm" / _user() / "torchtitan" / "repos"
-
-    @property
-    def venv(self) -> Path:
-        import platform
-
-        return self.scratch / f"env_{platform.machine()}"
-
-    def python(self, code: str) -> str:
-        done = subprocess.run([str(self.venv / "bin" / "python"), "-c", code], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
-
-
-def _user() -> str:
-    import getpass
-
-    return getpass.getuser()
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, f"expected failure:\n{result.stdout}\n{result.stderr}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[-1]
 
 
 def test_setup_clones_pins_installs_editable_and_records(world: World) -> None:

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.env.repos import git, make_repo
-from tests.env.test_setup import World, error_line, ok
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, World, error_line, ok
 from titanenv.config import known_machines, load_config
 from titanenv.envsetup import inside, stubwheel
 from titanenv.envsetup.setup import constraints, requirement_set, setup_plan
@@ -275,7 +274,4 @@ def test_the_check_rejects_containers_whose_torch_is_too_old(torch: str, registr
 @pytest.mark.parametrize(("nvcc", "expected"), [("12.9", "7.0;8.0;9.0"), ("13.3", "8.0;9.0"), (None, "7.0;8.0;9.0")])
 def test_cuda_arch_list_leaves_volta_out_from_cuda_13(nvcc: str | None, expected: str) -> None:
     # The 26.07 image's nvcc is CUDA 13.3, which refuses sm_70: builds in the venv must not ask for it.
-    from titanenv.config.paths import torch_cuda_arch_list
-
     assert inside.cuda_arch_list(nvcc, ["7.0", "8.0", "9.0"], []) == expected
-    assert torch_cuda_arch_list(nvcc, ["7.0", "8.0", "9.0"]) == expected

@@ -57,3 +57,11 @@ def test_a_damaged_cache_is_ignored(isolated_home: Path) -> None:
     resolver.target("box", hostname="box.example", login_user="me")
     resolver.path.write_text("{not json")
     assert TargetResolver(REPO_ROOT).target("box", hostname="box.example", login_user="me").machine == "jwb"
+
+
+def test_the_fingerprint_covers_every_module_that_resolves_a_target() -> None:
+    """Not a hand-kept list: config/paths.py and config/sources.py were missing from one."""
+    from titanenv.remote import cache
+
+    code = {path.relative_to(cache._PACKAGE).as_posix() for path in cache._code()}
+    assert {"config/paths.py", "config/sources.py", "config/loader.py", "config/schema.py", "remote/target.py"} <= code

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.slurm import LocalSlurm
-from tests.helpers import REPO_ROOT, run_invoke
-from tests.slurm.conftest import one_line_error, submitted_ids
+from tests.helpers import REPO_ROOT, one_line_error, run_invoke, submitted_ids
 from titanenv import sbatch
 from titanenv.config import load_config
 from titanenv.runs import new_run

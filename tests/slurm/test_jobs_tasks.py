@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 from tests.fixtures.slurm import LocalSlurm
-from tests.slurm.conftest import invoke_ok, one_line_error, submitted_ids
-from tests.helpers import run_invoke
+from tests.helpers import invoke_ok, one_line_error, run_invoke, submitted_ids
 
 
 def test_flags_override_the_machine_profile(probe_project: Path, slurm_env: LocalSlurm) -> None:

@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 from tests.fixtures.slurm import LocalSlurm
-from tests.helpers import run_invoke
-from tests.slurm.conftest import invoke_ok, one_line_error, submitted_ids
+from tests.helpers import invoke_ok, one_line_error, run_invoke, submitted_ids
 
 
 def _runs(home: Path, name: str) -> list[Path]:

@@ -13,8 +13,9 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 from titanenv.config import load_config
+from titanenv.git import git_state
 from titanenv.runs import (
-    BrokenRecord, RunError, find_job, find_run, git_state, list_runs, new_run, scan_runs, write_record,
+    BrokenRecord, RunError, find_job, find_run, list_runs, new_run, scan_runs, write_record,
 )
 
 

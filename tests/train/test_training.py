@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.slurm import LocalSlurm
-from tests.helpers import SHARED_DATA, run_invoke
-from tests.slurm.conftest import submitted_ids
+from tests.helpers import SHARED_DATA, run_invoke, submitted_ids
 
 pytestmark = pytest.mark.train
 

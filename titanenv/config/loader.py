@@ -88,18 +88,7 @@ class Config:
 
     def placeholders(self) -> dict[str, str]:
         """Values that ``{name}`` in path-like settings can refer to."""
-        cluster = self.settings.cluster
-        values = {
-            "repo": str(self.repo_root),
-            "home": str(Path.home()),
-            "user": self.user,
-            "arch": self.arch,
-            "machine": self.machine,
-            "project": cluster.project,
-            "env_name": self.settings.env_name,
-            "project_root": str(Path(cluster.project_root).expanduser()),
-            "scratch_root": str(Path(cluster.scratch_root).expanduser()),
-        }
+        values = placeholder_table(self.settings, repo=str(self.repo_root), home=str(Path.home()), user=self.user, arch=self.arch)
         values.update({name: str(path) for name, path in self.paths.as_dict().items()})
         return values
 
@@ -423,6 +412,35 @@ def _schema_keys(path: KeyPath) -> list[str]:
 # --- derived values ----------------------------------------------------------
 
 
+def placeholder_table(
+    settings: Settings, *, repo: str | None, home: str, user: str, arch: str | None, expand_roots: bool = True
+) -> dict[str, str]:
+    """The ``{placeholders}`` of path-like settings, beside the derived directories (``paths.*``).
+
+    The one table for this machine (:meth:`Config.placeholders`, the paths
+    derived here) and for a remote host (``titanenv.remote.target``), which
+    passes ``home="~"``, no ``repo``, no ``arch`` where the host detects it,
+    and keeps its roots unexpanded.
+    """
+    cluster = settings.cluster
+    roots = {"project_root": cluster.project_root, "scratch_root": cluster.scratch_root}
+    if expand_roots:
+        roots = {name: str(Path(root).expanduser()) for name, root in roots.items()}
+    values = {
+        "home": home,
+        "user": user,
+        "machine": settings.machine,
+        "project": cluster.project,
+        "env_name": settings.env_name,
+        **roots,
+    }
+    if repo is not None:
+        values["repo"] = repo
+    if arch is not None:
+        values["arch"] = arch
+    return values
+
+
 def _derive(
     settings: Settings, merged: Layer, repo_root: Path, chain: tuple[str, ...], files: tuple[str, ...]
 ) -> Config:
@@ -439,17 +457,7 @@ def _derive(
         if problem:
             raise ConfigError(problem, source=str(sources.get(f"cluster.{key}", "")) or None, key=f"cluster.{key}")
 
-    values: dict[str, str] = {
-        "repo": str(repo_root),
-        "home": str(Path.home()),
-        "user": user,
-        "arch": arch,
-        "machine": settings.machine,
-        "project": cluster.project,
-        "env_name": settings.env_name,
-        "project_root": os.path.expanduser(cluster.project_root),
-        "scratch_root": os.path.expanduser(cluster.scratch_root),
-    }
+    values = placeholder_table(settings, repo=str(repo_root), home=str(Path.home()), user=user, arch=arch)
     resolved: dict[str, Path] = {}
     for name in PATH_NAMES:
         key = f"paths.{name}"

@@ -137,23 +137,3 @@ HF_OFFLINE_ENVIRONMENT: dict[str, str] = {
     "TRANSFORMERS_OFFLINE": "1",
 }
 
-
-def torch_cuda_arch_list(nvcc_release: str | None, compute_capabilities: list[str]) -> str:
-    """``TORCH_CUDA_ARCH_LIST`` as the original set it.
-
-    From the installed nvcc's release (V100 needs CUDA 9 to 12.x: CUDA 13
-    dropped it; A100 >= 11, H100 >= 11.8), else from the machine's compute
-    capabilities.
-    """
-    if nvcc_release:
-        major, _, minor = nvcc_release.partition(".")
-        version = (int(major), int(minor.split(".")[0] or 0))
-        archs = []
-        if (9, 0) <= version < (13, 0):
-            archs.append("7.0")
-        if version >= (11, 0):
-            archs.append("8.0")
-        if version >= (11, 8):
-            archs.append("9.0")
-        return ";".join(archs)
-    return ";".join(compute_capabilities)

@@ -25,6 +25,8 @@ from pydantic import (
     field_validator,
 )
 
+from titanenv.names import is_env_name
+
 CpuArch = Literal["x86_64", "aarch64"]
 Runtime = Literal["apptainer", "singularity", "docker", "podman", "none"]
 PartitionKind = Literal["debug", "normal", "large"]
@@ -36,7 +38,6 @@ _SLURM_TIME = re.compile(
     r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$"
 )
 _COMPUTE_CAPABILITY = re.compile(r"^\d+\.\d+[a-z]?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def slurm_time_problem(value: str) -> str | None:
@@ -190,7 +191,7 @@ class Network(Model):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _ENV_NAME.match(name):
+            if not is_env_name(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return value
 
@@ -210,6 +211,11 @@ class Cluster(Model):
     network: Network
     container_runtime: Runtime
     container_binary: StrictStr
+    local: StrictBool = Field(
+        default=False,
+        description="the machine the tasks run on (a laptop or workstation): data.* and research.* run jobs here "
+        "unless --submit, and jobs without a container use the Python running the task",
+    )
     launcher: Launcher = Field(description="distributed launcher of training jobs: torchrun or torchrun_jsc")
     stop_signal_lead: Annotated[StrictInt, Field(ge=0, le=65535)] = Field(
         description="seconds before a training job's time limit at which Slurm asks it to save a checkpoint and "
@@ -315,7 +321,7 @@ class ContainerSettings(Model):
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\*?$", name):
+            if not is_env_name(name, prefix_glob=True):
                 raise ValueError(f"{name!r} is not a variable name (a trailing * matches a prefix)")
         return value
 
@@ -323,7 +329,7 @@ class ContainerSettings(Model):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _ENV_NAME.match(name):
+            if not is_env_name(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
         return value
 

@@ -40,15 +40,10 @@ from titanenv.container.session import (
 )
 
 
-def exec_argv(config):  # noqa: ANN001, ANN201 - kept for callers of the first version
-    """Prefix that runs a command in the active container with the venv activated."""
-    return job_exec_prefix(config)
-
-
 __all__ = [
     "RUNTIME_NAMES", "Apptainer", "ContainerRuntime", "DiskFull", "Docker", "ExecSpec", "HostShell",
     "ImageError", "ImageLayout", "Invocation", "Mount", "NoRuntime", "NoVenv", "Podman", "RuntimeNotFound",
-    "Singularity", "active_image", "container_environment", "exec_argv", "host_shell", "images",
+    "Singularity", "active_image", "container_environment", "host_shell", "images",
     "job_exec_prefix", "layout", "mounts", "run", "run_invocation", "runtime", "runtime_for", "uses_container",
     "venv_entry",
 ]

@@ -11,7 +11,6 @@ prompt, so the tasks work in CI and over SSH.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ from typing import Any, Callable, Mapping
 from titanenv.container.host import DiskFull, HostShell
 from titanenv.container.runtime import Apptainer, Docker
 from titanenv.errors import CommandError, TitanEnvError
+from titanenv import files
 
 SLOTS = ("build", "active", "previous")
 
@@ -88,12 +88,9 @@ class SlotState:
         return f"{self.slot:<8} present  {self.location}  {self.digest}{extra}"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    """The image digest of a file: ``sha256:<hex>``, as Docker and Podman write image IDs."""
+    return "sha256:" + files.sha256_file(path)
 
 
 def normalise_digest(value: str) -> str:
@@ -122,9 +119,7 @@ def verify_checksum(path: Path) -> str | None:
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_text_atomic(path, text)
 
 
 def _now() -> str:

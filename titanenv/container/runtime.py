@@ -13,17 +13,17 @@ images in fresh ``run --rm`` containers and see only what they are given with
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal, Mapping, Protocol, Sequence
 
 from titanenv.errors import ConfigError
+from titanenv.names import is_env_name
 
 ImageKind = Literal["file", "named", "none"]
 RUNTIME_NAMES: tuple[str, ...] = ("apptainer", "singularity", "docker", "podman", "none")
 
-_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,32 @@ class ExecSpec:
     ulimits: Sequence[str] = ()
 
 
+class ImageNames(Protocol):
+    """Where a runtime's images live (:class:`titanenv.container.images.ImageLayout`)."""
+
+    def file(self, slot: str) -> Path: ...
+
+    def ref(self, slot: str) -> str: ...
+
+
 class ContainerRuntime(Protocol):
-    """What every runtime offers: command lines for running, pulling, loading, saving."""
+    """What every runtime decides: whether it runs a container at all, what it sees
+    of the host, how variables get in, where its images are, and its command lines."""
 
     name: str
     binary: str
     image_kind: ImageKind
+    # Commands run in a container (every runtime but ``none``).
+    in_container: bool
+    # The container sees the host's files (Apptainer binds home and cwd itself);
+    # otherwise this project's directories are bound at the same paths.
+    sees_host_files: bool
 
     def exec_argv(self, spec: ExecSpec) -> list[str]: ...
+
+    def image(self, layout: ImageNames, slot: str) -> str: ...
+
+    def host_environment(self, host: Mapping[str, str], inside: Mapping[str, str]) -> dict[str, str]: ...
 
 
 def venv_entry(command: Sequence[str], *, unset: Sequence[str], activate: str | None,
@@ -81,7 +99,7 @@ def venv_entry(command: Sequence[str], *, unset: Sequence[str], activate: str | 
     becomes ``TRITON_LIBCUDA_PATH`` when it holds ``libcuda.so`` there.
     """
     for name in unset:
-        if not _NAME_PATTERN.match(name):
+        if not is_env_name(name, prefix_glob=True):
             raise ConfigError(f"{name!r} is not a variable name (a trailing * matches a prefix)", key="container.unset_env")
     patterns = "|".join(unset) or "''"
     parts = [f'for __v in $(compgen -v); do case "$__v" in {patterns}) unset "$__v" 2>/dev/null ;; esac; done; unset __v']
@@ -103,6 +121,8 @@ class Apptainer:
 
     name: ClassVar[str] = "apptainer"
     image_kind: ClassVar[ImageKind] = "file"
+    in_container: ClassVar[bool] = True
+    sees_host_files: ClassVar[bool] = True
     # Apptainer reads variables with this prefix as "set inside the container".
     env_prefix: ClassVar[str] = "APPTAINERENV_"
 
@@ -110,15 +130,23 @@ class Apptainer:
         self.binary = binary or self.name
 
     def exec_argv(self, spec: ExecSpec) -> list[str]:
+        """``exec`` of the image file; the container starts in the caller's directory
+        with the caller's environment, so the spec's workdir, env and pass_env have no flag."""
         argv = [self.binary, "exec"]
         if spec.gpus:
             argv.append("--nv")
         for mount in spec.mounts:
             argv += ["--bind", _bind_spec(mount, self.name)]
-        if spec.workdir:
-            argv += ["--pwd", spec.workdir]
         argv += list(spec.options)
         return [*argv, spec.image, *spec.command]
+
+    def image(self, layout: ImageNames, slot: str) -> str:
+        """An image file (``.sif``)."""
+        return str(layout.file(slot))
+
+    def host_environment(self, host: Mapping[str, str], inside: Mapping[str, str]) -> dict[str, str]:
+        """The container inherits the host's environment: the variables for inside are set there."""
+        return {**host, **inside}
 
     def pull_argv(self, uri: str, dest: str) -> list[str]:
         """Fetch ``uri`` (e.g. ``docker://nvcr.io/...``) into the image file ``dest``."""
@@ -141,9 +169,19 @@ class Docker:
 
     name: ClassVar[str] = "docker"
     image_kind: ClassVar[ImageKind] = "named"
+    in_container: ClassVar[bool] = True
+    sees_host_files: ClassVar[bool] = False
 
     def __init__(self, binary: str = "") -> None:
         self.binary = binary or self.name
+
+    def image(self, layout: ImageNames, slot: str) -> str:
+        """An image name in the runtime's store."""
+        return layout.ref(slot)
+
+    def host_environment(self, host: Mapping[str, str], inside: Mapping[str, str]) -> dict[str, str]:
+        """The container sees only the variables given with ``--env`` (the spec's env and pass_env)."""
+        return dict(host)
 
     def gpu_options(self) -> list[str]:
         return ["--gpus", "all"]
@@ -224,10 +262,20 @@ class NoRuntime:
 
     name: ClassVar[str] = "none"
     image_kind: ClassVar[ImageKind] = "none"
+    in_container: ClassVar[bool] = False
+    sees_host_files: ClassVar[bool] = True
     binary = ""
 
     def exec_argv(self, spec: ExecSpec) -> list[str]:
         return list(spec.command)
+
+    def image(self, layout: ImageNames, slot: str) -> str:
+        """No image: the name a container would have (what messages show)."""
+        return layout.ref(slot)
+
+    def host_environment(self, host: Mapping[str, str], inside: Mapping[str, str]) -> dict[str, str]:
+        """The command runs on the host: it gets both."""
+        return {**host, **inside}
 
 
 RUNTIMES: dict[str, type] = {
@@ -239,7 +287,7 @@ RUNTIMES: dict[str, type] = {
 }
 
 
-def runtime_for(name: str, binary: str = "", *, source: str | None = None) -> Apptainer | Docker | NoRuntime:
+def runtime_for(name: str, binary: str = "", *, source: str | None = None) -> ContainerRuntime:
     """The runtime class for a ``cluster.container_runtime`` value."""
     try:
         cls = RUNTIMES[name]

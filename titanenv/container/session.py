@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from titanenv.config import HF_OFFLINE_ENVIRONMENT, Config, cache_environment, container_stem
-from titanenv.config.paths import torch_cuda_arch_list
+from titanenv.cudaarch import cuda_arch_list
 from titanenv.container.host import HostShell
 from titanenv.container.images import FileImages, ImageLayout, NamedImages
-from titanenv.container.runtime import Apptainer, Docker, ExecSpec, Mount, NoRuntime, runtime_for, venv_entry
+from titanenv.container.runtime import ContainerRuntime, ExecSpec, Mount, runtime_for, venv_entry
 from titanenv.errors import ConfigError, TitanEnvError
 
 
@@ -32,7 +32,7 @@ class Invocation:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def runtime(config: Config) -> Apptainer | Docker | NoRuntime:
+def runtime(config: Config) -> ContainerRuntime:
     cluster = config.settings.cluster
     return runtime_for(cluster.container_runtime, cluster.container_binary,
                        source=config.origin("cluster.container_runtime"))
@@ -40,7 +40,7 @@ def runtime(config: Config) -> Apptainer | Docker | NoRuntime:
 
 def uses_container(config: Config) -> bool:
     """Whether the machine runs jobs in a container (every runtime but ``none``); checks the name."""
-    return not isinstance(runtime(config), NoRuntime)
+    return runtime(config).in_container
 
 
 def host_shell(config: Config) -> HostShell:
@@ -78,14 +78,14 @@ def build_environment(config: Config, base: Mapping[str, str] | None = None) -> 
 def images(config: Config, echo=print) -> FileImages | NamedImages:
     """The build/active/previous containers of the configured machine."""
     rt = runtime(config)
-    if isinstance(rt, NoRuntime):
+    if not rt.in_container:
         raise ConfigError(
             "runtime 'none' runs in a host venv and has no container to build or activate; "
             "choose apptainer, singularity, docker or podman",
             source=config.origin("cluster.container_runtime"),
             key="cluster.container_runtime",
         )
-    store = FileImages if isinstance(rt, Apptainer) else NamedImages
+    store = FileImages if rt.image_kind == "file" else NamedImages
     container = config.settings.container
     return store(rt, host_shell(config), layout(config), build_environment(config),
                  image=container.image, expected_digest=container.image_digest, echo=echo)
@@ -93,9 +93,7 @@ def images(config: Config, echo=print) -> FileImages | NamedImages:
 
 def active_image(config: Config) -> str:
     """The container in use: an image file (Apptainer) or an image name (Docker/Podman)."""
-    rt = runtime(config)
-    lay = layout(config)
-    return str(lay.file("active")) if isinstance(rt, Apptainer) else lay.ref("active")
+    return runtime(config).image(layout(config), "active")
 
 
 def container_environment(config: Config) -> dict[str, str]:
@@ -104,7 +102,7 @@ def container_environment(config: Config) -> dict[str, str]:
     env.update(HF_OFFLINE_ENVIRONMENT)
     capabilities = config.settings.cluster.cuda_compute_capabilities
     if capabilities:
-        env["TORCH_CUDA_ARCH_LIST"] = torch_cuda_arch_list(None, capabilities)
+        env["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list(None, capabilities)
     env.update(config.settings.container.env)
     return env
 
@@ -120,9 +118,8 @@ def _parse_bind(text: str, index: int) -> Mount:
 
 def mounts(config: Config, *, patched: bool = True) -> list[Mount]:
     """Bind mounts of every run: project directories (Docker/Podman), patched files, extras."""
-    rt = runtime(config)
     result: list[Mount] = []
-    if isinstance(rt, Docker):
+    if not runtime(config).sees_host_files:
         # Docker and Podman see nothing of the host unless bound: give them what
         # the original bound (home, this repository, project and scratch), at the same paths.
         seen: set[str] = set()
@@ -188,21 +185,18 @@ def run_invocation(
             inside.pop(name, None)
     inside.update(extra_env or {})
     host_env = _cleaned_host_env(base, container.unset_env)
-    if isinstance(rt, NoRuntime):
-        return Invocation(inner, {**host_env, **inside})
+    # What reaches the command, and how, is the runtime's to say (host_environment, exec_argv).
+    env = rt.host_environment(build_environment(config, host_env), inside)
+    if not rt.in_container:
+        return Invocation(inner, env)
     mounted = mounts(config, patched=patched)
-    if isinstance(rt, Apptainer):
-        # Apptainer inherits the host's environment: set the variables there.
-        spec = ExecSpec(image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted,
-                        options=container.options)
-        return Invocation(rt.exec_argv(spec), {**host_env, **build_environment(config, host_env), **inside})
     spec = ExecSpec(
         image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted, env=inside,
         workdir=_workdir(config, mounted, cwd or os.getcwd()), interactive=interactive, tty=tty,
         network=container.network, user=(os.getuid(), os.getgid()), options=container.options,
         ulimits=container.ulimits,
     )
-    return Invocation(rt.exec_argv(spec), build_environment(config, host_env))
+    return Invocation(rt.exec_argv(spec), env)
 
 
 def job_exec_prefix(config: Config, job_env_names: Sequence[str] = ()) -> list[str]:
@@ -216,13 +210,9 @@ def job_exec_prefix(config: Config, job_env_names: Sequence[str] = ()) -> list[s
     container = config.settings.container
     inner = venv_entry([], unset=container.unset_env, activate=str(config.paths.venv_dir / "bin" / "activate"),
                        libcuda_dir=container.triton_libcuda_path)
-    if isinstance(rt, NoRuntime):
+    if not rt.in_container:
         return []
     mounted = mounts(config)
-    if isinstance(rt, Apptainer):
-        spec = ExecSpec(image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted,
-                        options=container.options)
-        return rt.exec_argv(spec)
     names = list(dict.fromkeys([*job_env_names, *container_environment(config), *container.pass_env]))
     spec = ExecSpec(
         image=active_image(config), command=inner, gpus=container.gpus, mounts=mounted, pass_env=names,
@@ -243,7 +233,7 @@ def run(config: Config, command: Sequence[str], *, interactive: bool = False) ->
     if not (venv / "bin" / "activate").is_file():
         raise NoVenv(f"no venv at {venv}; run `invoke env.setup` first")
     rt = runtime(config)
-    if not isinstance(rt, NoRuntime):
+    if rt.in_container:
         store = images(config)
         if not store.slot_state("active").present:
             raise TitanEnvError(
@@ -251,7 +241,7 @@ def run(config: Config, command: Sequence[str], *, interactive: bool = False) ->
             )
     invocation = run_invocation(config, command, interactive=interactive, tty=interactive and sys.stdin.isatty())
     shell = host_shell(config)
-    if not isinstance(rt, NoRuntime):
+    if rt.in_container:
         shell.check(invocation.env)
         argv = shell.wrap(invocation.argv)
     else:

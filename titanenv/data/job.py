@@ -25,7 +25,7 @@ class PreprocessRequest:
 def in_place(config: Config, request: PreprocessRequest) -> bool:
     if request.local and request.submit:
         raise TitanEnvError("--local and --submit contradict each other; give one")
-    return request.local or (config.machine == "local" and not request.submit)
+    return request.local or (config.settings.cluster.local and not request.submit)
 
 
 def preprocess(config: Config, request: PreprocessRequest, echo: Callable[[str], None] = print):

@@ -10,15 +10,14 @@ Layout under ``env.bundle_dir``::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from titanenv.errors import TitanEnvError
+from titanenv.files import sha256_file, write_text_atomic
 
 MANIFEST = "MANIFEST.json"
 SUMS = "SHA256SUMS"
@@ -36,20 +35,6 @@ class BundleSummary:
     repos: Mapping[str, Mapping[str, str]]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_manifest(bundle_dir: Path, repos: Mapping[str, Mapping[str, str]], requirements: Sequence[str],
                    download_args: Sequence[str]) -> BundleSummary:
     """Checksum every file of the bundle into MANIFEST.json and SHA256SUMS."""
@@ -57,7 +42,7 @@ def write_manifest(bundle_dir: Path, repos: Mapping[str, Mapping[str, str]], req
     for path in sorted(bundle_dir.rglob("*")):
         rel = path.relative_to(bundle_dir).as_posix()
         if path.is_file() and rel not in (MANIFEST, SUMS) and not path.name.startswith("."):
-            files[rel] = sha256(path)
+            files[rel] = sha256_file(path)
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "files": files,
@@ -65,8 +50,8 @@ def write_manifest(bundle_dir: Path, repos: Mapping[str, Mapping[str, str]], req
         "requirements": list(requirements),
         "download_args": list(download_args),
     }
-    _write(bundle_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    _write(bundle_dir / SUMS, "".join(f"{digest}  {rel}\n" for rel, digest in files.items()))
+    write_text_atomic(bundle_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(bundle_dir / SUMS, "".join(f"{digest}  {rel}\n" for rel, digest in files.items()))
     return BundleSummary(bundle_dir, len(files), sum(1 for f in files if f.startswith("wheels/")), manifest["repos"])
 
 
@@ -87,7 +72,7 @@ def verify(bundle_dir: Path, pins: Mapping[str, str]) -> BundleSummary:
         path = bundle_dir / rel
         if not path.is_file():
             problems.append(f"{rel} is missing")
-        elif sha256(path) != digest:
+        elif sha256_file(path) != digest:
             problems.append(f"{rel} does not match its checksum")
     repos = manifest.get("repos", {})
     for name, ref in pins.items():

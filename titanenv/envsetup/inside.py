@@ -17,6 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+# Both standard library only, like this module.
+from titanenv.cudaarch import cuda_arch_list
+from titanenv.files import write_text_atomic
+
 BOOT = (
     "import sys; sys.path.insert(0, sys.argv[1]); "
     "from titanenv.envsetup.inside import main; sys.exit(main(sys.argv[2]))"
@@ -35,18 +39,6 @@ def nvcc_release() -> str | None:
         return None
     match = re.search(r"release (\d+\.\d+)", out)
     return match.group(1) if match else None
-
-
-def cuda_arch_list(release: str | None, machine: list[str], skip: list[str]) -> str:
-    """``TORCH_CUDA_ARCH_LIST``: what nvcc supports (V100 9 to 12.x, A100 >= 11, H100 >= 11.8), else the machine's."""
-    if release:
-        major, minor = (int(x) for x in release.split(".")[:2])
-        # CUDA 13 dropped Volta (7.0): its nvcc refuses sm_70.
-        spans = (("7.0", (9, 0), (13, 0)), ("8.0", (11, 0), (99, 0)), ("9.0", (11, 8), (99, 0)))
-        archs = [cc for cc, first, past in spans if first <= (major, minor) < past]
-    else:
-        archs = list(machine)
-    return ";".join(a for a in archs if a not in skip)
 
 
 def ensure_venv(python: str, venv: Path, system_site_packages: bool) -> None:
@@ -145,10 +137,7 @@ def main(plan_path: str) -> int:
         run_step(venv, step, plan)
     # --local: what this venv holds, not the container's packages it sees.
     freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--local"], capture_output=True, text=True, check=True)
-    out = Path(plan["freeze_path"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(freeze.stdout)
-    os.replace(tmp, out)
+    write_text_atomic(Path(plan["freeze_path"]), freeze.stdout)
     return 0
 
 

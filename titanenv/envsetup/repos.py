@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from titanenv.config.schema import RepoPin
 from titanenv.errors import TitanEnvError
+from titanenv.files import replacing
 
 
 class RepoError(TitanEnvError):
@@ -214,14 +215,9 @@ def update_clone(pin: RepoPin, repo: Path, *, bundle: Path | None = None, say: C
 
 def bundle_repo(repo: Path, target: Path) -> None:
     """Write a git bundle with the clone's checkout, remote branches and tags."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with replacing(target) as tmp:
         git(repo, "bundle", "create", "--quiet", str(tmp), "HEAD", "--remotes=origin", "--tags")
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def sync_all(pins: Sequence[RepoPin], repos_dir: Path, **kwargs) -> list[RepoState]:

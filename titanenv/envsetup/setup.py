@@ -17,6 +17,7 @@ from titanenv.envsetup import repos as repo_ops
 from titanenv.envsetup import stubwheel
 from titanenv.envsetup.inside import BOOT
 from titanenv.errors import ConfigError, TitanEnvError
+from titanenv.files import write_text_atomic
 
 
 class SetupError(TitanEnvError):
@@ -179,19 +180,13 @@ def describe_plan(plan: dict) -> list[str]:
     return lines
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _run_inside(config: Config, argv: list[str], *, venv: bool, extra_env: dict[str, str] | None = None) -> int:
     """Run ``argv`` in the active container (or on the host for runtime none), output to the terminal."""
     from titanenv import container
 
     invocation = container.run_invocation(config, argv, venv=venv, patched=False, hf_offline=False,
                                           extra_env=extra_env)
-    if config.settings.cluster.container_runtime == "none":
+    if not container.uses_container(config):
         return subprocess.run(invocation.argv, env=invocation.env).returncode
     if not container.images(config).slot_state("active").present:
         raise SetupError(
@@ -229,7 +224,7 @@ def setup(config: Config, *, offline: bool = False, update: bool = False, dry: b
     plan = setup_plan(config, offline=offline)
     venv.parent.mkdir(parents=True, exist_ok=True)
     record, freeze = record_paths(config)
-    _write_atomic(Path(plan["constraints"]["path"]), "\n".join(plan["constraints"]["lines"]) + "\n")
+    write_text_atomic(Path(plan["constraints"]["path"]), "\n".join(plan["constraints"]["lines"]) + "\n")
     plan_path = venv.with_name(f".{venv.name}.setup-{os.getpid()}.json")
     plan_path.write_text(json.dumps(plan, indent=2))
     try:
@@ -251,7 +246,7 @@ def setup(config: Config, *, offline: bool = False, update: bool = False, dry: b
         "steps": [step["label"] for step in plan["steps"]],
         "pip_freeze": freeze.read_text().splitlines() if freeze.is_file() else [],
     }
-    _write_atomic(record, json.dumps(data, indent=2) + "\n")
+    write_text_atomic(record, json.dumps(data, indent=2) + "\n")
     say(f"installed into {venv}; what got installed: {record}")
     return record
 
@@ -277,7 +272,7 @@ def download(config: Config, extra_args: Sequence[str] = (), *, say: Callable[[s
     # metadata-only wheel, and leaves the bundle again: set-up reuses the container's.
     constraint_file = constraints_path(config)
     constraint_file.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(constraint_file, "\n".join(constraints(config)) + "\n")
+    write_text_atomic(constraint_file, "\n".join(constraints(config)) + "\n")
     torch_version, from_container = torch_pin(config)
     stubs = target / ".container-stubs"
     pinned = ["--constraint", str(constraint_file)]

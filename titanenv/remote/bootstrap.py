@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from titanenv.remote import git, scripts
+from titanenv import git
+from titanenv.remote import scripts
 from titanenv.remote.errors import RemoteError
 from titanenv.remote.session import RemoteSession
 

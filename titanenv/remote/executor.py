@@ -97,7 +97,7 @@ class ProjectExecutor(fabric.Executor):
                 self._run_laptop_side(step.laptop_call, None)
             return
         from titanenv.remote.cache import TargetResolver
-        from titanenv.remote.git import has_local_changes, head_commit
+        from titanenv.git import has_local_changes, head_commit
         from titanenv.remote.session import RemoteSession
 
         # The repository is where fab found the fabfile.

@@ -129,21 +129,14 @@ def _resolves(name: str) -> bool:
 
 def remote_placeholders(config: "Config", login_user: str) -> dict[str, str]:
     """Placeholder values as the remote host sees them (``~`` unexpanded)."""
+    from titanenv.config.loader import placeholder_table
     from titanenv.config.paths import PATH_NAMES, expand_template
 
     settings = config.settings
-    cluster = settings.cluster
-    values = {
-        "home": "~",
-        "user": settings.user or login_user,
-        "machine": config.machine,
-        "project": cluster.project,
-        "env_name": settings.env_name,
-        "project_root": cluster.project_root,
-        "scratch_root": cluster.scratch_root,
-    }
-    if cluster.cpu_arch != "auto":
-        values["arch"] = cluster.cpu_arch
+    arch = None if settings.cluster.cpu_arch == "auto" else settings.cluster.cpu_arch
+    values = placeholder_table(
+        settings, repo=None, home="~", user=settings.user or login_user, arch=arch, expand_roots=False
+    )
     templates = settings.paths.model_dump()
     for name in PATH_NAMES:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,6 +9,7 @@ from typing import Callable
 from titanenv.config import Config
 from titanenv.errors import TitanEnvError
 from titanenv.research.experiment import find_experiment
+from titanenv.files import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class ExportOptions:
 def in_place(config: Config, options: ExportOptions) -> bool:
     if options.local and options.submit:
         raise TitanEnvError("--local and --submit contradict each other; give one")
-    return options.local or (config.machine == "local" and not options.submit)
+    return options.local or (config.settings.cluster.local and not options.submit)
 
 
 def export(config: Config, options: ExportOptions, echo: Callable[[str], None] = print):
@@ -75,9 +75,7 @@ def _submit(config: Config, request, options: ExportOptions, echo: Callable[[str
         echo(f"# {toml}: the model of {request.job.path}")
     else:
         toml.parent.mkdir(parents=True, exist_ok=True)
-        temporary = toml.with_name(f".{toml.name}.tmp-{os.getpid()}")
-        temporary.write_text(request.job.to_toml(), encoding="utf-8")
-        os.replace(temporary, toml)
+        write_text_atomic(toml, request.job.to_toml())
     try:
         return slurm.submit(config, run, script, dry=options.dry, dependency=options.dependency, echo=echo,
                             extra={"export": {"checkpoint_folder": str(request.checkpoint_folder),

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from titanenv.research.experiment import ResearchError
+from titanenv.files import replacing
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _NUMBER = r"(-?[0-9][0-9,]*\.?[0-9]*(?:e[-+]?\d+)?|nan|inf)"
@@ -307,8 +308,6 @@ def _duration(seconds: float) -> str:
 
 def plot(report: Report, path: Path) -> Path:
     """Loss (training, validation) and tokens/s against step, chain links marked; written atomically."""
-    import os
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,12 +338,10 @@ def plot(report: Report, path: Path) -> Path:
         axes.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        figure.savefig(temporary, format="png", dpi=100)
-        os.replace(temporary, path)
+        with replacing(path) as temporary:
+            figure.savefig(temporary, format="png", dpi=100)
     finally:
-        temporary.unlink(missing_ok=True)
         plt.close(figure)
     return path
 

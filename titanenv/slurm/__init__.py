@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from titanenv.config import Config
-from titanenv.runs import GitProbe, Run, write_record
+from titanenv.git import GitProbe
+from titanenv.runs import Run, write_record
 from titanenv.slurm.script import directives
 from titanenv.slurm.cli import (
     AccountingUnavailable,

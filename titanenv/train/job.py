@@ -15,17 +15,10 @@ from typing import Any, Callable
 
 from titanenv.config import Config
 from titanenv.errors import TitanEnvError
+from titanenv.files import write_text_atomic
 from titanenv.train.jobconfig import ENV_VAR, JobConfig, JobConfigError, read
 
 RESOLVED_NAME = "train.toml"
-# Task flags and the TOML fields they set.
-FLAG_FIELDS = {
-    "steps": "training.steps",
-    "seq_len": "training.seq_len",
-    "batch_size": "training.local_batch_size",
-    "lr": "optimizer.lr",
-    "checkpoint_interval": "checkpoint.interval",
-}
 
 
 class TrainError(TitanEnvError):
@@ -290,9 +283,7 @@ def _tyro_problem(text: str) -> str:
 
 def write_resolved(prepared: Prepared, toml: Path) -> Path:
     toml.parent.mkdir(parents=True, exist_ok=True)
-    temporary = toml.with_name(f".{toml.name}.tmp-{os.getpid()}")
-    temporary.write_text(prepared.text, encoding="utf-8")
-    os.replace(temporary, toml)
+    write_text_atomic(toml, prepared.text)
     return toml
 
 

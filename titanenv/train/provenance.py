@@ -48,7 +48,7 @@ def _checkout_commit(package: Path) -> dict[str, Any]:
     Only the package's parent counts: a wheel's site-packages may well lie
     inside some other checkout (a venv in this repository).
     """
-    from titanenv.runs import GitProbe
+    from titanenv.git import GitProbe
 
     checkout = package.parent
     if (checkout / ".git").exists():
