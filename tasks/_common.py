@@ -109,6 +109,18 @@ def as_int(value: Any) -> Any:
     return value
 
 
+def as_number(flag: str, value: Any, kind: type = int) -> Any:
+    """A flag that must be a number (``--steps 20``): None stays None, anything else is one line naming the flag."""
+    from titanenv.errors import TitanEnvError
+
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise TitanEnvError(f"--{flag}: {value!r} is not a number") from None
+
+
 def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, account: Any = None,
                 job_name: Any = None) -> dict[str, Any]:
     """The ``slurm.*`` config keys of the shared Slurm task flags (None: not given).

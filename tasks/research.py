@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
+from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, as_number, load, slurm_flags, task
 
 COMMON_HELP = {
     "name": "Experiment name: checkpoints in {checkpoint_dir}/NAME (train.name; default: the TOML's name).",
@@ -11,17 +11,6 @@ COMMON_HELP = {
               "else train.config.",
     "machine": MACHINE_HELP,
 }
-
-
-def _number(flag, value, kind=int):
-    from titanenv.errors import TitanEnvError
-
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise TitanEnvError(f"--{flag}: {value!r} is not a number") from None
 
 
 @task(help={
@@ -42,7 +31,7 @@ def export(c, name=None, step=None, config=None, output=None, dtype=None, overwr
 
     settings = load({"machine": machine, "train.name": name,
                         **slurm_flags(nodes, time, partition, account, job_name)})
-    run_export(settings, ExportOptions(toml=config, step=_number("step", step), output=output, dtype=dtype,
+    run_export(settings, ExportOptions(toml=config, step=as_number("step", step), output=output, dtype=dtype,
                                        overwrite=overwrite, local=local, submit=submit, dry=dry,
                                        dependency=dependency))
 
@@ -63,8 +52,8 @@ def sample(c, name=None, step=None, config=None, hf=None, prompt=None, max_new_t
 
     settings = load({"machine": machine, "train.name": name, "research.prompt": prompt,
                         "research.max_new_tokens": as_int(max_new_tokens), "research.device": device,
-                        "research.temperature": _number("temperature", temperature, float),
-                        "research.seed": _number("seed", seed)})
+                        "research.temperature": as_number("temperature", temperature, float),
+                        "research.seed": as_number("seed", seed)})
     research = settings.settings.research
     options = dict(prompt=research.prompt, max_new_tokens=research.max_new_tokens,
                    temperature=research.temperature, seed=research.seed, device=research.device)
@@ -75,7 +64,7 @@ def sample(c, name=None, step=None, config=None, hf=None, prompt=None, max_new_t
         from titanenv.research.export import ExportRequest
 
         experiment = find_experiment(settings, config)
-        request = ExportRequest(checkpoint_folder=experiment.checkpoint_folder, step=_number("step", step),
+        request = ExportRequest(checkpoint_folder=experiment.checkpoint_folder, step=as_number("step", step),
                                 job=experiment.job, output=None, dtype="float32")
         with sampling.exported_checkpoint(request) as directory:
             result = sampling.generate(directory, **options)

@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
+from tasks._common import CHAIN_HELP, MACHINE_HELP, SLURM_HELP, as_int, as_number, load, slurm_flags, task
 
 TRAIN_HELP = {
     "config": "Recipe TOML, e.g. train_configs/llama3_8b.toml (train.config; default auto: the CPU or GPU smoke "
@@ -42,22 +42,12 @@ def _config(c, machine, config, name, procs_per_node, dataset, torchtitan, torch
 def _request(steps, seq_len, batch_size, lr, checkpoint_interval, **kwargs):
     from titanenv.train.job import TrainRequest
 
-    from titanenv.errors import TitanEnvError
-
-    def number(flag, value, kind=int):
-        if value is None:
-            return None
-        try:
-            return kind(value)
-        except ValueError:
-            raise TitanEnvError(f"--{flag}: {value!r} is not a number") from None
-
     overrides = {
-        "training.steps": number("steps", steps),
-        "training.seq_len": number("seq-len", seq_len),
-        "training.local_batch_size": number("batch-size", batch_size),
-        "optimizer.lr": number("lr", lr, float),
-        "checkpoint.interval": number("checkpoint-interval", checkpoint_interval),
+        "training.steps": as_number("steps", steps),
+        "training.seq_len": as_number("seq-len", seq_len),
+        "training.local_batch_size": as_number("batch-size", batch_size),
+        "optimizer.lr": as_number("lr", lr, float),
+        "checkpoint.interval": as_number("checkpoint-interval", checkpoint_interval),
     }
     return TrainRequest(overrides=overrides, **kwargs)
 

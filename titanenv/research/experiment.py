@@ -46,18 +46,9 @@ class Experiment:
 
 def read_toml(config: Config, path: Path) -> JobConfig:
     """A TOML job description with its placeholders filled as train.run fills them."""
-    data_output = str(config.expand_path(config.settings.data.output, "data.output"))
-    data_valid_output = str(config.expand_path(config.settings.data.valid_output, "data.valid_output"))
-    data_tokenizer = config.expand_path(config.settings.data.tokenizer, "data.tokenizer")
-    if data_tokenizer.is_file():
-        data_tokenizer = data_tokenizer.parent
+    from titanenv.train.job import read_recipe
 
-    def expand(value: str, key: str) -> str:
-        value = value.replace("{data_output}", data_output).replace("{data_tokenizer}", str(data_tokenizer))
-        value = value.replace("{data_valid_output}", data_valid_output)
-        return str(config.expand_path(value, f"{path.name} {key}"))
-
-    return read(path, expand)
+    return read_recipe(config, path)
 
 
 def training_runs(config: Config, dump_folder: Path) -> list:

@@ -71,6 +71,22 @@ def procs_per_node(config: Config) -> int:
     return config.settings.train.procs_per_node or config.settings.cluster.gpus_per_node or 1
 
 
+def read_recipe(config: Config, path: Path) -> JobConfig:
+    """A TOML job description with its data placeholders filled: {data_output}, {data_valid_output}, {data_tokenizer}."""
+    data_output = str(config.expand_path(config.settings.data.output, "data.output"))
+    data_valid_output = str(config.expand_path(config.settings.data.valid_output, "data.valid_output"))
+    data_tokenizer = config.expand_path(config.settings.data.tokenizer, "data.tokenizer")
+    if data_tokenizer.is_file():
+        data_tokenizer = data_tokenizer.parent
+
+    def expand(value: str, key: str) -> str:
+        value = value.replace("{data_output}", data_output).replace("{data_tokenizer}", str(data_tokenizer))
+        value = value.replace("{data_valid_output}", data_valid_output)
+        return str(config.expand_path(value, f"{path.name} {key}"))
+
+    return read(path, expand)
+
+
 def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int = 1,
             submitting: bool = False) -> Prepared:
     """Read the recipe (train.config), fill placeholders and flag overrides, check parallelism and data.
@@ -83,18 +99,7 @@ def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int
     """
     settings = config.settings.train
     path = recipe_path(config)
-    data_output = str(config.expand_path(config.settings.data.output, "data.output"))
-    data_valid_output = str(config.expand_path(config.settings.data.valid_output, "data.valid_output"))
-    data_tokenizer = config.expand_path(config.settings.data.tokenizer, "data.tokenizer")
-    if data_tokenizer.is_file():
-        data_tokenizer = data_tokenizer.parent
-
-    def expand(value: str, key: str) -> str:
-        value = value.replace("{data_output}", data_output).replace("{data_tokenizer}", str(data_tokenizer))
-        value = value.replace("{data_valid_output}", data_valid_output)
-        return str(config.expand_path(value, f"{path.name} {key}"))
-
-    job = read(path, expand)
+    job = read_recipe(config, path)
     for dotted, value in request.overrides.items():
         if value is not None:
             job.set(dotted, value)
