@@ -1,4 +1,4 @@
-"""Tokenize JSONL into Megatron-LM .bin/.idx datasets, and look inside them."""
+"""Tokenize JSONL, Parquet or Arrow into Megatron-LM .bin/.idx datasets, and look inside them."""
 
 from invoke import Collection
 
@@ -11,11 +11,12 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
 @task(
     iterable=["input"],
     help={
-        "input": "JSONL input: a file, a glob, or several joined by ':'; repeat for more (data.inputs). "
-        ".jsonl.gz and .jsonl.zst are read as they are.",
+        "input": "Input: a file, a glob, or several joined by ':'; repeat for more (data.inputs). JSONL "
+        "(.jsonl.gz and .jsonl.zst read as they are), Parquet (.parquet), Arrow (.arrow) or a directory "
+        "saved by datasets' save_to_disk.",
         "tokenizer": TOKENIZER_HELP,
         "output": OUTPUT_HELP,
-        "text_key": "JSON key of each line's text (data.text_key).",
+        "text_key": "JSON key of each line's text, or the column of a Parquet or Arrow input (data.text_key).",
         "backend": "auto, gigatoken or hf (data.backend); auto uses gigatoken where it loads the tokenizer.",
         "eod_token": "End-of-document token (data.eod_token; default: the tokenizer's end-of-text token).",
         "workers": "Worker processes per task; 0 means one per CPU (data.workers).",
@@ -35,7 +36,7 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
                workers=None, chunk_mb=None, strict=False, overwrite=False, parallel=False, local=False, submit=False,
                tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
                dependency=None, dry=False, machine=None):
-    """Tokenize JSONL with a HF tokenizer into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
+    """Tokenize JSONL, Parquet or Arrow into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
     from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
 
     inputs = [part for value in (input or []) for part in value.split(":") if part]

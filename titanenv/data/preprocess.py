@@ -1,4 +1,4 @@
-"""Tokenize JSONL into a Megatron-LM indexed dataset, chunk by chunk, resumably.
+"""Tokenize JSONL, Parquet or Arrow into a Megatron-LM indexed dataset, chunk by chunk, resumably.
 
 A run has three steps, each usable on its own so a Slurm job can spread them:
 
@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -68,6 +68,8 @@ MAX_CHUNK_BYTES = 256 << 20
 RECYCLE_BYTES = 1 << 30
 # Locations of skipped lines kept per chunk for the summary (all are counted).
 EXAMPLES_PER_CHUNK = 10
+# Keys of lines without the text key kept per chunk, to name them when no line has it.
+MAX_KEYS = 20
 
 
 class PreprocessError(TitanEnvError):
@@ -137,6 +139,12 @@ class Plan:
     @property
     def parts_dir(self) -> Path:
         return parts_dir(Path(self.settings.output))
+
+    @property
+    def unit(self) -> str:
+        """What a skipped record is called: a line (JSONL), a row (Parquet, Arrow), or either."""
+        kinds = {c.kind == "lines" for c in self.chunks}
+        return "line" if kinds == {True} else "row" if kinds == {False} else "line or row"
 
     @property
     def total_bytes(self) -> int:
@@ -310,7 +318,7 @@ def prepare(
                 "pass --overwrite to start over"
             )
     size = chunk_bytes or auto_chunk_bytes(sum(f.size for f in files), workers)
-    plan = Plan(settings=settings, chunks=plan_chunks(files, size), inputs=described,
+    plan = Plan(settings=settings, chunks=plan_chunks(files, size, text_key), inputs=described,
                 backend=backend, eod_token=eod_token, strict=strict)
     if write:
         parts.mkdir(parents=True, exist_ok=True)
@@ -328,6 +336,7 @@ class ChunkStats:
     bytes_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)  # "file:line: reason"
+    keys: list[str] = field(default_factory=list)  # of lines (columns of rows) without the text key
 
 
 class _Counters:
@@ -356,31 +365,48 @@ def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Coun
     """
     stats = ChunkStats()
     skipped: Counter[str] = Counter()
+    keys: set[str] = set()
     dtype = np.dtype(plan.settings.dtype)
     prefix = plan.chunk_prefix(chunk)
     copied_path(prefix).unlink(missing_ok=True)  # its bytes in the merged file are stale now
-    line_base: int | None = None
     with indexed.IndexedDatasetWriter(prefix, dtype, durable=False) as writer:
-        for first, data, lines in slices(chunk):
-            encoded = tok.encode_jsonl(data, plan.settings.text_key, lines, parallel=threads)
-            if encoded is None:
-                texts, bad = documents(bytes(data), plan.settings.text_key, first)
-                if bad:
-                    if line_base is None:
-                        line_base = first_line_number(chunk)
-                    _record_skips(bad, chunk, line_base, plan.strict, skipped, stats.examples)
-                encoded = tok.encode(texts)
-            ids, offsets = encoded
+        for (ids, offsets), nbytes in _encoded(plan, tok, chunk, threads, skipped, stats.examples, keys):
             lengths, tokens = with_end_of_document(ids, offsets, tok.eod_id, dtype)
             writer.add_documents(lengths, tokens)
             stats.documents += len(lengths)
             stats.tokens += int(tokens.size)
-            stats.bytes_read += len(data)
+            stats.bytes_read += nbytes
             if counters is not None:
-                counters.add(len(lengths), int(tokens.size), len(data))
+                counters.add(len(lengths), int(tokens.size), nbytes)
     stats.skipped = dict(skipped)
+    stats.keys = sorted(keys)[:MAX_KEYS]
     write_json_atomic(marker_path(prefix), asdict(stats))
     return stats
+
+
+def _encoded(plan: Plan, tok: TextTokenizer, chunk: Chunk, threads: bool | None, skipped: Counter,
+             examples: list[str], keys: set[str]) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], int]]:
+    """The chunk's documents encoded, a slice or record batch at a time, with the input bytes each covers."""
+    text_key = plan.settings.text_key
+    if chunk.kind != "lines":
+        from titanenv.data import tables
+
+        for batch in tables.read_texts(chunk, text_key):
+            if batch.skipped:
+                _record_skips(batch.skipped, chunk, 0, plan.strict, skipped, examples, keys)
+            yield tok.encode_arrow(batch.texts, parallel=threads), batch.nbytes
+        return
+    line_base: int | None = None
+    for first, data, lines in slices(chunk):
+        encoded = tok.encode_jsonl(data, text_key, lines, parallel=threads)
+        if encoded is None:
+            texts, bad = documents(bytes(data), text_key, first)
+            if bad:
+                if line_base is None:
+                    line_base = first_line_number(chunk)
+                _record_skips(bad, chunk, line_base, plan.strict, skipped, examples, keys)
+            encoded = tok.encode(texts)
+        yield encoded, len(data)
 
 
 def with_end_of_document(ids: np.ndarray, offsets: np.ndarray, eod_id: int,
@@ -397,7 +423,7 @@ def with_end_of_document(ids: np.ndarray, offsets: np.ndarray, eod_id: int,
 
 
 def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool,
-                  counts: Counter, examples: list[str]) -> None:
+                  counts: Counter, examples: list[str], keys: set[str]) -> None:
     for item in bad:
         where = f"{chunk.path}:{line_base + item.line}"
         if strict:
@@ -405,6 +431,8 @@ def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool
         counts[item.reason] += 1
         if len(examples) < EXAMPLES_PER_CHUNK:
             examples.append(f"{where}: {item.reason}")
+        if item.keys and len(keys) < MAX_KEYS:
+            keys.update(item.keys)
 
 
 # Worker-process state, set by fork from the parent.
@@ -572,6 +600,12 @@ def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers:
                     break
                 _add(total, result)
                 copier.poll()
+            else:
+                # Every chunk done: the workers leave on the pool's end-of-work message. Stopping
+                # them with SIGTERM instead (Pool.__exit__) can lose the signal to a worker that is
+                # just going to sleep on the task queue's lock, and the pool then waits for it forever.
+                pool.close()
+                pool.join()
         finally:
             _WORKER["stopping"].value = 1  # then the pool stops its workers (Pool.__exit__)
     _WORKER.clear()
@@ -592,6 +626,17 @@ def _warm_up(plan: Plan, tok: TextTokenizer, chunk: Chunk) -> None:
     """
     if tok.backend != "gigatoken":
         return
+    if chunk.kind != "lines":
+        from titanenv.data import tables
+
+        batches = tables.read_texts(chunk, plan.settings.text_key, WARM_UP_BYTES)
+        try:
+            batch = next(batches, None)
+            if batch is not None:
+                tok.encode_arrow(batch.texts, parallel=False)
+        finally:
+            batches.close()  # the text is used: the file may close
+        return
     pieces = slices(chunk, WARM_UP_BYTES)
     first, view, _ = next(pieces, (0, b"", 0))
     data = bytes(view)
@@ -609,6 +654,8 @@ def _add(total: ChunkStats, part: ChunkStats) -> None:
         total.skipped[reason] = total.skipped.get(reason, 0) + count
     room = 20 - len(total.examples)
     total.examples.extend(part.examples[:max(room, 0)])
+    if len(total.keys) < MAX_KEYS:
+        total.keys = sorted(set(total.keys) | set(part.keys))[:MAX_KEYS]
 
 
 # --- merging ------------------------------------------------------------------------
@@ -630,6 +677,7 @@ class Summary:
     seconds: float = 0.0  # tokenizing, start-up included
     tokenize_seconds: float = 0.0  # tokenizing only (started tokenizer to last chunk)
     merge_seconds: float = 0.0
+    unit: str = "line"  # what a skipped record is: see Plan.unit
 
     def lines(self) -> list[str]:
         rate = self.tokens / self.tokenize_seconds if self.tokenize_seconds > 0 else 0.0
@@ -644,7 +692,7 @@ class Summary:
         skipped = sum(self.skipped.values())
         if skipped:
             by_reason = ", ".join(f"{count:,} {reason}" for reason, count in sorted(self.skipped.items()))
-            out.append(f"skipped {skipped:,} line(s): {by_reason}")
+            out.append(f"skipped {skipped:,} {self.unit}(s): {by_reason}")
             out.extend(f"  {example}" for example in self.examples[:10])
         return out
 
@@ -741,6 +789,7 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
         chunks=len(plan.chunks),
         seconds=result.seconds if result else 0.0,
         tokenize_seconds=result.tokenize_seconds if result else 0.0,
+        unit=plan.unit,
     )
     record = {**asdict(summary), "inputs": plan.settings.inputs, "text_key": plan.settings.text_key,
               "tokenizer_sha256": plan.settings.tokenizer_sha256}
