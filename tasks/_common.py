@@ -115,6 +115,16 @@ def as_int(value: Any) -> Any:
     return value
 
 
+def as_number(value: Any) -> Any:
+    """A flag's text as a float where it reads as one (``0.05``, ``1``); the rest is the schema's to refuse."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, account: Any = None,
                 job_name: Any = None) -> dict[str, Any]:
     """The ``slurm.*`` config keys of the shared Slurm task flags (None: not given).

@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
+from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, as_number, load, slurm_flags, task
 
 OUTPUT_HELP = "Dataset prefix: PREFIX.bin + PREFIX.idx (data.output; {data_dir} and friends expand)."
 TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + merges.txt (data.tokenizer)."
@@ -22,6 +22,8 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
         "workers": "Worker processes per task; 0 means one per CPU (data.workers).",
         "chunk_mb": "MiB of input per unit of work; 0 means about 8 chunks per worker (data.chunk_mb).",
         "strict": "Stop at the first bad line, naming its file and line (data.strict).",
+        "max_skipped_fraction": "Fail, writing no output, when more than this share of the lines or rows is "
+        "skipped, blank lines aside (data.max_skipped_fraction, default 0.01; 1 accepts any).",
         "overwrite": "Replace an existing output, and drop the parts of an unfinished run.",
         "parallel": "Spread the chunks over the tasks of a Slurm job on all its nodes, then merge.",
         "local": "Run here, in place, instead of submitting a job (the default on the local machine).",
@@ -33,9 +35,9 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
     },
 )
 def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backend=None, eod_token=None,
-               workers=None, chunk_mb=None, strict=False, overwrite=False, parallel=False, local=False, submit=False,
-               tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
-               dependency=None, dry=False, machine=None):
+               workers=None, chunk_mb=None, strict=False, max_skipped_fraction=None, overwrite=False,
+               parallel=False, local=False, submit=False, tasks_per_node=None, nodes=None, time=None,
+               partition=None, account=None, job_name=None, dependency=None, dry=False, machine=None):
     """Tokenize JSONL, Parquet or Arrow into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
     from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
 
@@ -51,6 +53,7 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
         "data.workers": as_int(workers),
         "data.chunk_mb": as_int(chunk_mb),
         "data.strict": True if strict else None,
+        "data.max_skipped_fraction": as_number(max_skipped_fraction),
         "data.parallel_tasks_per_node": as_int(tasks_per_node),
         **slurm_flags(nodes, time, partition, account, job_name),
     })

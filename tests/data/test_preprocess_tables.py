@@ -109,7 +109,7 @@ def test_bad_rows_are_skipped_and_counted_with_file_and_row(tmp_path: Path, back
 
     out = tmp_path / "train"
     result = ok(preprocess("--input", f"{rows}:{other}:{numbers}:{broken}", "--tokenizer", str(GPT2),
-                           "--backend", backend, output=out))
+                           "--backend", backend, "--max-skipped-fraction", "1", output=out))
     assert ("skipped 8 row(s): 1 empty text, 1 invalid UTF-8, 3 no text key, 1 null text, "
             "2 text is not a string") in result.stdout
     for where in (f"{rows}:1: null text", f"{rows}:2: empty text", f"{other}:0: no text key",
@@ -160,3 +160,16 @@ def test_a_dataset_dict_names_its_splits(tmp_path: Path) -> None:
     assert result.stderr.strip() == (f"error: input {saved}: a DatasetDict saved by datasets; name one of its "
                                      f"splits: {saved}/train, {saved}/test")
     ok(preprocess("--input", str(saved / "train"), "--tokenizer", str(GPT2), output=tmp_path / "out" / "train"))
+
+
+def test_a_missing_column_fails_naming_the_columns(tmp_path: Path) -> None:
+    parquet = write_parquet(tmp_path / "corpus.parquet", texts_of(WIKI))
+    arrow = save_to_disk(tmp_path / "saved", texts_of(WIKI))
+    for source, columns in ((parquet, "id, text"), (arrow, "n, text")):
+        out = tmp_path / f"out-{source.name}" / "train"
+        result = preprocess("--input", str(source), "--tokenizer", str(GPT2), "--text-key", "content", output=out)
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {source}") and line.endswith(
+            f": no row has column 'content'; the columns are: {columns} (--text-key, data.text_key)")
+        assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -70,6 +70,14 @@ RECYCLE_BYTES = 1 << 30
 EXAMPLES_PER_CHUNK = 10
 # Keys of lines without the text key kept per chunk, to name them when no line has it.
 MAX_KEYS = 20
+# data.max_skipped_fraction's default: a run that skips more of its lines or rows fails.
+# A sound corpus loses next to nothing (a stray empty text); a wrong --text-key, a file of
+# another format or a damaged one loses a large share. 1% lets the strays through and stops
+# a run that would silently train on a corpus with a hole in it. Blank lines hold no
+# document and do not count.
+MAX_SKIPPED_FRACTION = 0.01
+# In PREFIX.parts: the error of a run whose skipped lines failed the check (see merge).
+REJECTED_NAME = "rejected"
 
 
 class PreprocessError(TitanEnvError):
@@ -135,6 +143,7 @@ class Plan:
     backend: str = "auto"
     eod_token: str = ""
     strict: bool = False
+    max_skipped_fraction: float = MAX_SKIPPED_FRACTION
 
     @property
     def parts_dir(self) -> Path:
@@ -199,6 +208,7 @@ class Plan:
             "backend": self.backend,
             "eod_token": self.eod_token,
             "strict": self.strict,
+            "max_skipped_fraction": self.max_skipped_fraction,
         }
 
     @classmethod
@@ -214,6 +224,7 @@ class Plan:
                 backend=data["backend"],
                 eod_token=data["eod_token"],
                 strict=data["strict"],
+                max_skipped_fraction=float(data.get("max_skipped_fraction", MAX_SKIPPED_FRACTION)),
             )
         except FileNotFoundError:
             raise PreprocessError(f"{path}: no such plan; run data.preprocess to make one") from None
@@ -262,14 +273,21 @@ def prepare(
     chunk_bytes: int | None = None,
     workers: int = 1,
     strict: bool = False,
+    max_skipped_fraction: float = MAX_SKIPPED_FRACTION,
     overwrite: bool = False,
     loaded: TextTokenizer | None = None,
     write: bool = True,
 ) -> Plan:
     """Check everything, then write (or reuse) the plan of a run; nothing else is touched.
 
-    ``write=False`` (dry runs) computes the plan and writes nothing.
+    ``write=False`` (dry runs) computes the plan and writes nothing. The
+    parts of a run whose skipped lines failed its check are replaced by a run
+    with other settings (a fixed --text-key) without ``overwrite``; with the
+    same settings they are reused (a larger ``max_skipped_fraction`` accepts
+    them at once).
     """
+    if not 0 <= max_skipped_fraction <= 1:
+        raise PreprocessError(f"data.max_skipped_fraction {max_skipped_fraction:g}: give a fraction from 0 to 1")
     files = resolve_inputs(inputs, base)
     tok = loaded or load_tokenizer(tokenizer, backend=backend, eod_token=eod_token)
     output = Path(output)
@@ -310,16 +328,20 @@ def prepare(
             old = Plan.read(plan_file)
             if old.settings == settings and old.inputs == described:
                 old.backend, old.eod_token, old.strict = backend, eod_token, strict
+                old.max_skipped_fraction = max_skipped_fraction
                 if write:
                     write_json_atomic(plan_file, old.to_json())
                 return old
-            raise PreprocessError(
-                f"{parts} holds an unfinished run with other inputs or settings; "
-                "pass --overwrite to start over"
-            )
+            if not (parts / REJECTED_NAME).exists():
+                raise PreprocessError(
+                    f"{parts} holds an unfinished run with other inputs or settings; "
+                    "pass --overwrite to start over"
+                )
+            if write:  # a run that failed its check, made again with other settings
+                shutil.rmtree(parts)
     size = chunk_bytes or auto_chunk_bytes(sum(f.size for f in files), workers)
     plan = Plan(settings=settings, chunks=plan_chunks(files, size, text_key), inputs=described,
-                backend=backend, eod_token=eod_token, strict=strict)
+                backend=backend, eod_token=eod_token, strict=strict, max_skipped_fraction=max_skipped_fraction)
     if write:
         parts.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, plan.to_json())
@@ -744,6 +766,49 @@ def _copy_chunk(plan: Plan, chunk: Chunk, descriptor: int, offset: int) -> None:
     indexed.bin_path(prefix).unlink()
 
 
+def rejection(plan: Plan, total: ChunkStats) -> str | None:
+    """Why the run must not make an output, in one line: no document, or too many skipped; None if it may.
+
+    Names the commonest reason, where it first happened, and for a missing
+    key (column) the keys (columns) the input has instead. Blank lines hold
+    no document and count toward neither share.
+    """
+    unit = plan.unit
+    skipped = sum(total.skipped.values())
+    lost = skipped - total.skipped.get("blank line", 0)
+    if total.documents and lost <= plan.max_skipped_fraction * (total.documents + lost):
+        return None
+    if not skipped:
+        names = plan.settings.inputs
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        return f"no document: the input{'s are' if len(names) > 1 else ' is'} empty ({names[0]}{more})"
+    reasons = sorted(total.skipped.items(), key=lambda item: (-item[1], item[0]))
+    top, count = reasons[0]
+    first = {reason: where for where, reason in reversed([_example(e) for e in total.examples])}
+    place = first.get(top, "").rpartition(":")[0] or plan.settings.inputs[0]
+    key = plan.settings.text_key
+    if not total.documents and top == "no text key" and count == lost:
+        has = ", ".join(total.keys) or "none"
+        if unit == "row":
+            return f"{place}: no row has column {key!r}; the columns are: {has} (--text-key, data.text_key)"
+        return f"{place}: no {unit} has key {key!r}; {unit}s have: {has} (--text-key, data.text_key)"
+    counts = ", ".join(f"{n:,} {reason}" + (f" (first: {first[reason]})" if reason in first else "")
+                       for reason, n in reasons)
+    if top == "no text key" and total.keys:
+        counts += f"; {unit}s without key {key!r} have: {', '.join(total.keys)}"
+    if not total.documents:
+        return f"{place}: no document in {skipped:,} {unit}(s): {counts}"
+    share = lost / (total.documents + lost)
+    return (f"skipped {lost:,} of {total.documents + lost:,} {unit}s ({share:.1%}), more than "
+            f"data.max_skipped_fraction {plan.max_skipped_fraction:g} (--max-skipped-fraction): {counts}")
+
+
+def _example(example: str) -> tuple[str, str]:
+    """``FILE:LINE: reason`` as (``FILE:LINE``, reason)."""
+    where, _, reason = example.rpartition(": ")
+    return where, reason
+
+
 def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """Join every chunk's pair, in input order, into the output; remove the parts.
 
@@ -757,6 +822,18 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """
     started = time.perf_counter()
     markers, offsets = _chunk_offsets(plan)
+    total = ChunkStats()
+    for marker in markers:
+        _add(total, ChunkStats(**marker))
+    problem = rejection(plan, total)
+    if problem:
+        if total.documents:  # sound chunks: a rerun with a larger fraction merges them at once
+            (plan.parts_dir / REJECTED_NAME).write_text(problem + "\n", encoding="utf-8")
+            problem += (f"; {plan.parts_dir} keeps the chunks: rerun with a larger --max-skipped-fraction to "
+                        "accept them, or with other options to start over")
+        else:  # nothing worth keeping; a rerun starts afresh, whatever its options
+            shutil.rmtree(plan.parts_dir, ignore_errors=True)
+        raise PreprocessError(problem)
     _copy_rest(plan, offsets)  # also creates the file where no chunk holds a document
     merged = plan.parts_dir / MERGED_NAME
     output = Path(plan.settings.output)
@@ -772,9 +849,6 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     except BaseException:
         index.unlink(missing_ok=True)
         raise
-    total = ChunkStats()
-    for marker in markers:
-        _add(total, ChunkStats(**marker))
     summary = Summary(
         output=str(output),
         documents=total.documents,
@@ -900,5 +974,5 @@ def describe_assignment(plan: Plan, ranks: int) -> Iterable[str]:
 
 __all__ = [
     "ChunkStats", "InputFile", "Plan", "PreprocessError", "Progress", "Settings", "Summary",
-    "merge", "prepare", "run", "slurm_rank", "tokenize_chunk", "work",
+    "merge", "prepare", "rejection", "run", "slurm_rank", "tokenize_chunk", "work",
 ]
