@@ -121,6 +121,16 @@ def as_number(flag: str, value: Any, kind: type = int) -> Any:
         raise TitanEnvError(f"--{flag}: {value!r} is not a number") from None
 
 
+def as_float(value: Any) -> Any:
+    """A flag's text as a float where it reads as one (``0.05``, ``1``); the rest is the schema's to refuse."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def slurm_flags(nodes: Any = None, time: Any = None, partition: Any = None, account: Any = None,
                 job_name: Any = None) -> dict[str, Any]:
     """The ``slurm.*`` config keys of the shared Slurm task flags (None: not given).

@@ -1,8 +1,8 @@
-"""Tokenize JSONL into Megatron-LM .bin/.idx datasets, and look inside them."""
+"""Tokenize JSONL, Parquet or Arrow into Megatron-LM .bin/.idx datasets, and look inside them."""
 
 from invoke import Collection
 
-from tasks._common import MACHINE_HELP, SLURM_HELP, as_int, load, slurm_flags, task
+from tasks._common import MACHINE_HELP, SLURM_HELP, as_float, as_int, load, slurm_flags, task
 
 OUTPUT_HELP = "Dataset prefix: PREFIX.bin + PREFIX.idx (data.output; {data_dir} and friends expand)."
 TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + merges.txt (data.tokenizer)."
@@ -11,16 +11,19 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
 @task(
     iterable=["input"],
     help={
-        "input": "JSONL input: a file, a glob, or several joined by ':'; repeat for more (data.inputs). "
-        ".jsonl.gz and .jsonl.zst are read as they are.",
+        "input": "Input: a file, a glob, or several joined by ':'; repeat for more (data.inputs). JSONL "
+        "(.jsonl.gz and .jsonl.zst read as they are), Parquet (.parquet), Arrow (.arrow) or a directory "
+        "saved by datasets' save_to_disk.",
         "tokenizer": TOKENIZER_HELP,
         "output": OUTPUT_HELP,
-        "text_key": "JSON key of each line's text (data.text_key).",
+        "text_key": "JSON key of each line's text, or the column of a Parquet or Arrow input (data.text_key).",
         "backend": "auto, gigatoken or hf (data.backend); auto uses gigatoken where it loads the tokenizer.",
         "eod_token": "End-of-document token (data.eod_token; default: the tokenizer's end-of-text token).",
         "workers": "Worker processes per task; 0 means one per CPU (data.workers).",
         "chunk_mb": "MiB of input per unit of work; 0 means about 8 chunks per worker (data.chunk_mb).",
         "strict": "Stop at the first bad line, naming its file and line (data.strict).",
+        "max_skipped_fraction": "Fail, writing no output, when more than this share of the lines or rows is "
+        "skipped, blank lines aside (data.max_skipped_fraction, default 0.01; 1 accepts any).",
         "overwrite": "Replace an existing output, and drop the parts of an unfinished run.",
         "valid": "Tokenize the held-out part instead: data.valid_inputs -> data.valid_output (what a recipe's "
                  "[data] valid_datasets names as {data_valid_output}); --input/--output still win.",
@@ -34,10 +37,10 @@ TOKENIZER_HELP = "tokenizer.json, or a directory with it or with vocab.json + me
     },
 )
 def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backend=None, eod_token=None,
-               workers=None, chunk_mb=None, strict=False, overwrite=False, valid=False, parallel=False, local=False,
-               submit=False, tasks_per_node=None, nodes=None, time=None, partition=None, account=None, job_name=None,
-               dependency=None, dry=False, machine=None):
-    """Tokenize JSONL with a HF tokenizer into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
+               workers=None, chunk_mb=None, strict=False, max_skipped_fraction=None, overwrite=False, valid=False,
+               parallel=False, local=False, submit=False, tasks_per_node=None, nodes=None, time=None,
+               partition=None, account=None, job_name=None, dependency=None, dry=False, machine=None):
+    """Tokenize JSONL, Parquet or Arrow into a Megatron .bin/.idx pair (resumable; --parallel over Slurm)."""
     from titanenv.data.job import PreprocessRequest, preprocess as run_preprocess
 
     inputs = [part for value in (input or []) for part in value.split(":") if part]
@@ -60,6 +63,7 @@ def preprocess(c, input=None, tokenizer=None, output=None, text_key=None, backen
         "data.workers": as_int(workers),
         "data.chunk_mb": as_int(chunk_mb),
         "data.strict": True if strict else None,
+        "data.max_skipped_fraction": as_float(max_skipped_fraction),
         "data.parallel_tasks_per_node": as_int(tasks_per_node),
         **slurm_flags(nodes, time, partition, account, job_name),
     })

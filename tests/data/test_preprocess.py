@@ -294,7 +294,8 @@ def _bad_corpus(tmp_path: Path) -> Path:
 def test_bad_lines_are_skipped_and_counted_with_file_and_line(tmp_path: Path, backend: str) -> None:
     corpus = _bad_corpus(tmp_path)
     out = tmp_path / "train"
-    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--backend", backend, output=out))
+    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--backend", backend,
+                           "--max-skipped-fraction", "1", output=out))
     assert "skipped 7 line(s): 1 blank line, 1 empty text, 1 invalid UTF-8, 1 malformed JSON, " \
            "1 no text key, 1 not a JSON object, 1 text is not a string" in result.stdout
     for number, (_, reason) in enumerate(BAD_LINES, start=1):
@@ -317,6 +318,89 @@ def test_strict_stops_at_the_first_bad_line_and_leaves_no_output(tmp_path: Path)
     assert not indexed.bin_path(out).exists() and not indexed.idx_path(out).exists()
 
 
+def nothing_at(out: Path) -> bool:
+    """No output pair, and no parts either."""
+    return not any(p.exists() for p in (indexed.bin_path(out), indexed.idx_path(out), pre.parts_dir(out)))
+
+
+def test_a_missing_text_key_fails_naming_the_keys_and_a_fixed_rerun_starts_afresh(tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    result = preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--text-key", "content", output=out)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {WIKI}: no line has key 'content'; lines have: text (--text-key, data.text_key)"]
+    assert nothing_at(out)
+    # The fixed option: no --overwrite needed, nothing of the wrongly keyed run reused.
+    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--text-key", "text", output=out))
+    reference = tmp_path / "ref"
+    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    assert pair_bytes(out) == pair_bytes(reference)
+
+
+def test_a_binary_input_fails_in_one_line(tmp_path: Path) -> None:
+    binary = Path(sys.executable).resolve()
+    out = tmp_path / "train"
+    result = preprocess("--input", str(binary), "--tokenizer", str(GPT2), output=out)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {binary}: no document in ") and f"invalid UTF-8 (first: {binary}:1)" in line
+    assert nothing_at(out)
+
+
+def test_an_empty_input_fails_in_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    out = tmp_path / "train"
+    result = preprocess("--input", str(empty), "--tokenizer", str(GPT2), output=out)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"error: no document: the input is empty ({empty})"]
+    assert nothing_at(out)
+
+
+def test_too_many_skipped_lines_fail_and_a_larger_fraction_accepts_the_chunks(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(WIKI.read_bytes() + b'{"content": "elsewhere", "id": 1}\n' * 5)
+    out = tmp_path / "train"
+    result = preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out)
+    assert result.returncode == 1
+    parts = pre.parts_dir(out)
+    assert result.stderr.splitlines() == [
+        "error: skipped 5 of 127 lines (3.9%), more than data.max_skipped_fraction 0.01 (--max-skipped-fraction): "
+        f"5 no text key (first: {corpus}:123); lines without key 'text' have: content, id; {parts} keeps the "
+        "chunks: rerun with a larger --max-skipped-fraction to accept them, or with other options to start over"]
+    assert not indexed.bin_path(out).exists() and not indexed.idx_path(out).exists()
+    chunks = len(pre.Plan.read(parts / pre.PLAN_NAME).chunks)
+
+    accepted = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1",
+                             "--max-skipped-fraction", "0.05", output=out))
+    assert f"resuming: {chunks} of {chunks} chunk(s) done" in accepted.stdout
+    assert "skipped 5 line(s): 5 no text key" in accepted.stdout
+    reference = tmp_path / "ref"
+    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    assert pair_bytes(out) == pair_bytes(reference)
+
+
+def test_a_rejected_run_is_replaced_by_one_with_other_options(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(WIKI.read_bytes() + b'{"content": "elsewhere"}\n' * 5)
+    out = tmp_path / "train"
+    assert preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out).returncode == 1
+    assert pre.parts_dir(out).exists()
+    ok(preprocess("--input", str(corpus), "--tokenizer", str(NEOX), "--max-skipped-fraction", "0.1", output=out))
+    reference = tmp_path / "ref"
+    ok(preprocess("--input", str(WIKI), "--tokenizer", str(NEOX), output=reference))
+    assert pair_bytes(out) == pair_bytes(reference)
+
+
+def test_blank_lines_do_not_count_as_skipped_documents(tmp_path: Path) -> None:
+    corpus = tmp_path / "spaced.jsonl"
+    corpus.write_bytes(WIKI.read_bytes().replace(b"\n", b"\n\n"))
+    out = tmp_path / "train"
+    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out))
+    assert "skipped 122 line(s): 122 blank line" in result.stdout
+    assert indexed.IndexedDataset(out).document_count == 122
+
+
 @pytest.mark.parametrize(
     "args,expected",
     [
@@ -325,6 +409,7 @@ def test_strict_stops_at_the_first_bad_line_and_leaves_no_output(tmp_path: Path)
         (["--tokenizer", "/nonexistent/tok"], "error: tokenizer /nonexistent/tok: no such file or directory"),
         (["--backend", "fast"], "data.backend"),
         (["--eod-token", "<nope>"], "end-of-document token '<nope>' is not in its vocabulary"),
+        (["--max-skipped-fraction", "2"], "data.max_skipped_fraction: expected less than or equal to 1"),
     ],
 )
 def test_bad_options_fail_before_any_work_in_one_line(tmp_path: Path, args: list[str], expected: str) -> None:

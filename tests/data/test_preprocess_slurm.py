@@ -81,3 +81,22 @@ def test_a_queued_job_holds_its_output_and_a_cancelled_one_is_taken_over(tmp_pat
 def _script(stdout: str) -> str:
     line = next(line for line in stdout.splitlines() if line.startswith("submitted job "))
     return Path(line.split(": ", 1)[1]).read_text()
+
+
+def test_a_parallel_job_that_writes_no_document_fails_in_the_task_that_merges(tmp_path: Path,
+                                                                              slurm_env: LocalSlurm) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(WIKI.read_bytes() * 8)
+    out = tmp_path / "train"
+    submitted = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--submit", "--parallel",
+                              "--tasks-per-node", "2", "--chunk-mb", "1", "--text-key", "content", output=out))
+    (job_id,) = submitted_ids(submitted.stdout)
+    waited = run_invoke("jobs.wait", "--job", job_id, "--interval", "0.2", timeout=300)
+    assert waited.returncode != 0
+    errors = run_invoke("jobs.logs", "--job", job_id, "--err").stdout
+    assert f"error: {corpus}: no line has key 'content'; lines have: text (--text-key, data.text_key)" in errors
+    assert not pre.parts_dir(out).exists()
+    assert not pre.indexed.bin_path(out).exists() and not pre.indexed.idx_path(out).exists()
+    # Once the job has ended, the fixed rerun takes its lock over and starts afresh.
+    ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out))
+    assert ok(run_invoke("data.verify", "--prefix", str(out))).stdout.startswith(f"ok {out}: 976 documents")

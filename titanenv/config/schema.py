@@ -365,6 +365,10 @@ class DataSettings(Model):
     chunk_mb: Annotated[StrictInt, Field(ge=0)] = 0
     workers: Annotated[StrictInt, Field(ge=0)] = 0
     strict: StrictBool = False
+    # A run that skips a larger share of its lines or rows (blank lines aside) fails and
+    # writes no output: a wrong text_key or a file of another format loses a large share,
+    # a sound corpus next to nothing (titanenv.data.preprocess.MAX_SKIPPED_FRACTION).
+    max_skipped_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
     progress_interval: Annotated[float, Field(gt=0)] = 30.0
     parallel_tasks_per_node: Annotated[StrictInt, Field(ge=1)] = 1
 

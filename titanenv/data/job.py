@@ -68,6 +68,7 @@ def _preprocess(config: Config, request: PreprocessRequest, here: bool, workers:
         chunk_bytes=data.chunk_mb << 20 if data.chunk_mb else None,
         workers=workers * (_ranks(config) if request.parallel and not here else 1),
         strict=data.strict,
+        max_skipped_fraction=data.max_skipped_fraction,
         overwrite=request.overwrite,
         write=not request.dry,
         loaded=tok,

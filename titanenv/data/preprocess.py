@@ -1,4 +1,4 @@
-"""Tokenize JSONL into a Megatron-LM indexed dataset, chunk by chunk, resumably.
+"""Tokenize JSONL, Parquet or Arrow into a Megatron-LM indexed dataset, chunk by chunk, resumably.
 
 A run has three steps, each usable on its own so a Slurm job can spread them:
 
@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -68,6 +68,16 @@ MAX_CHUNK_BYTES = 256 << 20
 RECYCLE_BYTES = 1 << 30
 # Locations of skipped lines kept per chunk for the summary (all are counted).
 EXAMPLES_PER_CHUNK = 10
+# Keys of lines without the text key kept per chunk, to name them when no line has it.
+MAX_KEYS = 20
+# data.max_skipped_fraction's default: a run that skips more of its lines or rows fails.
+# A sound corpus loses next to nothing (a stray empty text); a wrong --text-key, a file of
+# another format or a damaged one loses a large share. 1% lets the strays through and stops
+# a run that would silently train on a corpus with a hole in it. Blank lines hold no
+# document and do not count.
+MAX_SKIPPED_FRACTION = 0.01
+# In PREFIX.parts: the error of a run whose skipped lines failed the check (see merge).
+REJECTED_NAME = "rejected"
 
 
 class PreprocessError(TitanEnvError):
@@ -133,10 +143,17 @@ class Plan:
     backend: str = "auto"
     eod_token: str = ""
     strict: bool = False
+    max_skipped_fraction: float = MAX_SKIPPED_FRACTION
 
     @property
     def parts_dir(self) -> Path:
         return parts_dir(Path(self.settings.output))
+
+    @property
+    def unit(self) -> str:
+        """What a skipped record is called: a line (JSONL), a row (Parquet, Arrow), or either."""
+        kinds = {c.kind == "lines" for c in self.chunks}
+        return "line" if kinds == {True} else "row" if kinds == {False} else "line or row"
 
     @property
     def total_bytes(self) -> int:
@@ -191,6 +208,7 @@ class Plan:
             "backend": self.backend,
             "eod_token": self.eod_token,
             "strict": self.strict,
+            "max_skipped_fraction": self.max_skipped_fraction,
         }
 
     @classmethod
@@ -206,6 +224,7 @@ class Plan:
                 backend=data["backend"],
                 eod_token=data["eod_token"],
                 strict=data["strict"],
+                max_skipped_fraction=float(data.get("max_skipped_fraction", MAX_SKIPPED_FRACTION)),
             )
         except FileNotFoundError:
             raise PreprocessError(f"{path}: no such plan; run data.preprocess to make one") from None
@@ -254,14 +273,21 @@ def prepare(
     chunk_bytes: int | None = None,
     workers: int = 1,
     strict: bool = False,
+    max_skipped_fraction: float = MAX_SKIPPED_FRACTION,
     overwrite: bool = False,
     loaded: TextTokenizer | None = None,
     write: bool = True,
 ) -> Plan:
     """Check everything, then write (or reuse) the plan of a run; nothing else is touched.
 
-    ``write=False`` (dry runs) computes the plan and writes nothing.
+    ``write=False`` (dry runs) computes the plan and writes nothing. The
+    parts of a run whose skipped lines failed its check are replaced by a run
+    with other settings (a fixed --text-key) without ``overwrite``; with the
+    same settings they are reused (a larger ``max_skipped_fraction`` accepts
+    them at once).
     """
+    if not 0 <= max_skipped_fraction <= 1:
+        raise PreprocessError(f"data.max_skipped_fraction {max_skipped_fraction:g}: give a fraction from 0 to 1")
     files = resolve_inputs(inputs, base)
     tok = loaded or load_tokenizer(tokenizer, backend=backend, eod_token=eod_token)
     output = Path(output)
@@ -302,16 +328,20 @@ def prepare(
             old = Plan.read(plan_file)
             if old.settings == settings and old.inputs == described:
                 old.backend, old.eod_token, old.strict = backend, eod_token, strict
+                old.max_skipped_fraction = max_skipped_fraction
                 if write:
                     write_json_atomic(plan_file, old.to_json())
                 return old
-            raise PreprocessError(
-                f"{parts} holds an unfinished run with other inputs or settings; "
-                "pass --overwrite to start over"
-            )
+            if not (parts / REJECTED_NAME).exists():
+                raise PreprocessError(
+                    f"{parts} holds an unfinished run with other inputs or settings; "
+                    "pass --overwrite to start over"
+                )
+            if write:  # a run that failed its check, made again with other settings
+                shutil.rmtree(parts)
     size = chunk_bytes or auto_chunk_bytes(sum(f.size for f in files), workers)
-    plan = Plan(settings=settings, chunks=plan_chunks(files, size), inputs=described,
-                backend=backend, eod_token=eod_token, strict=strict)
+    plan = Plan(settings=settings, chunks=plan_chunks(files, size, text_key), inputs=described,
+                backend=backend, eod_token=eod_token, strict=strict, max_skipped_fraction=max_skipped_fraction)
     if write:
         parts.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, plan.to_json())
@@ -328,6 +358,7 @@ class ChunkStats:
     bytes_read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)  # "file:line: reason"
+    keys: list[str] = field(default_factory=list)  # of lines (columns of rows) without the text key
 
 
 class _Counters:
@@ -356,31 +387,48 @@ def tokenize_chunk(plan: Plan, tok: TextTokenizer, chunk: Chunk, counters: _Coun
     """
     stats = ChunkStats()
     skipped: Counter[str] = Counter()
+    keys: set[str] = set()
     dtype = np.dtype(plan.settings.dtype)
     prefix = plan.chunk_prefix(chunk)
     copied_path(prefix).unlink(missing_ok=True)  # its bytes in the merged file are stale now
-    line_base: int | None = None
     with indexed.IndexedDatasetWriter(prefix, dtype, durable=False) as writer:
-        for first, data, lines in slices(chunk):
-            encoded = tok.encode_jsonl(data, plan.settings.text_key, lines, parallel=threads)
-            if encoded is None:
-                texts, bad = documents(bytes(data), plan.settings.text_key, first)
-                if bad:
-                    if line_base is None:
-                        line_base = first_line_number(chunk)
-                    _record_skips(bad, chunk, line_base, plan.strict, skipped, stats.examples)
-                encoded = tok.encode(texts)
-            ids, offsets = encoded
+        for (ids, offsets), nbytes in _encoded(plan, tok, chunk, threads, skipped, stats.examples, keys):
             lengths, tokens = with_end_of_document(ids, offsets, tok.eod_id, dtype)
             writer.add_documents(lengths, tokens)
             stats.documents += len(lengths)
             stats.tokens += int(tokens.size)
-            stats.bytes_read += len(data)
+            stats.bytes_read += nbytes
             if counters is not None:
-                counters.add(len(lengths), int(tokens.size), len(data))
+                counters.add(len(lengths), int(tokens.size), nbytes)
     stats.skipped = dict(skipped)
+    stats.keys = sorted(keys)[:MAX_KEYS]
     write_json_atomic(marker_path(prefix), asdict(stats))
     return stats
+
+
+def _encoded(plan: Plan, tok: TextTokenizer, chunk: Chunk, threads: bool | None, skipped: Counter,
+             examples: list[str], keys: set[str]) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], int]]:
+    """The chunk's documents encoded, a slice or record batch at a time, with the input bytes each covers."""
+    text_key = plan.settings.text_key
+    if chunk.kind != "lines":
+        from titanenv.data import tables
+
+        for batch in tables.read_texts(chunk, text_key):
+            if batch.skipped:
+                _record_skips(batch.skipped, chunk, 0, plan.strict, skipped, examples, keys)
+            yield tok.encode_arrow(batch.texts, parallel=threads), batch.nbytes
+        return
+    line_base: int | None = None
+    for first, data, lines in slices(chunk):
+        encoded = tok.encode_jsonl(data, text_key, lines, parallel=threads)
+        if encoded is None:
+            texts, bad = documents(bytes(data), text_key, first)
+            if bad:
+                if line_base is None:
+                    line_base = first_line_number(chunk)
+                _record_skips(bad, chunk, line_base, plan.strict, skipped, examples, keys)
+            encoded = tok.encode(texts)
+        yield encoded, len(data)
 
 
 def with_end_of_document(ids: np.ndarray, offsets: np.ndarray, eod_id: int,
@@ -397,7 +445,7 @@ def with_end_of_document(ids: np.ndarray, offsets: np.ndarray, eod_id: int,
 
 
 def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool,
-                  counts: Counter, examples: list[str]) -> None:
+                  counts: Counter, examples: list[str], keys: set[str]) -> None:
     for item in bad:
         where = f"{chunk.path}:{line_base + item.line}"
         if strict:
@@ -405,6 +453,8 @@ def _record_skips(bad: list[Skipped], chunk: Chunk, line_base: int, strict: bool
         counts[item.reason] += 1
         if len(examples) < EXAMPLES_PER_CHUNK:
             examples.append(f"{where}: {item.reason}")
+        if item.keys and len(keys) < MAX_KEYS:
+            keys.update(item.keys)
 
 
 # Worker-process state, set by fork from the parent.
@@ -572,6 +622,12 @@ def _work_in_pool(plan: Plan, tok: TextTokenizer, pending: list[Chunk], workers:
                     break
                 _add(total, result)
                 copier.poll()
+            else:
+                # Every chunk done: the workers leave on the pool's end-of-work message. Stopping
+                # them with SIGTERM instead (Pool.__exit__) can lose the signal to a worker that is
+                # just going to sleep on the task queue's lock, and the pool then waits for it forever.
+                pool.close()
+                pool.join()
         finally:
             _WORKER["stopping"].value = 1  # then the pool stops its workers (Pool.__exit__)
     _WORKER.clear()
@@ -602,6 +658,17 @@ def _warm_up(plan: Plan, tok: TextTokenizer, chunk: Chunk) -> None:
     """
     if tok.backend != "gigatoken":
         return
+    if chunk.kind != "lines":
+        from titanenv.data import tables
+
+        batches = tables.read_texts(chunk, plan.settings.text_key, WARM_UP_BYTES)
+        try:
+            batch = next(batches, None)
+            if batch is not None:
+                tok.encode_arrow(batch.texts, parallel=False)
+        finally:
+            batches.close()  # the text is used: the file may close
+        return
     pieces = slices(chunk, WARM_UP_BYTES)
     first, view, _ = next(pieces, (0, b"", 0))
     data = bytes(view)
@@ -619,6 +686,8 @@ def _add(total: ChunkStats, part: ChunkStats) -> None:
         total.skipped[reason] = total.skipped.get(reason, 0) + count
     room = 20 - len(total.examples)
     total.examples.extend(part.examples[:max(room, 0)])
+    if len(total.keys) < MAX_KEYS:
+        total.keys = sorted(set(total.keys) | set(part.keys))[:MAX_KEYS]
 
 
 # --- merging ------------------------------------------------------------------------
@@ -640,6 +709,7 @@ class Summary:
     seconds: float = 0.0  # tokenizing, start-up included
     tokenize_seconds: float = 0.0  # tokenizing only (started tokenizer to last chunk)
     merge_seconds: float = 0.0
+    unit: str = "line"  # what a skipped record is: see Plan.unit
 
     def lines(self) -> list[str]:
         rate = self.tokens / self.tokenize_seconds if self.tokenize_seconds > 0 else 0.0
@@ -654,7 +724,7 @@ class Summary:
         skipped = sum(self.skipped.values())
         if skipped:
             by_reason = ", ".join(f"{count:,} {reason}" for reason, count in sorted(self.skipped.items()))
-            out.append(f"skipped {skipped:,} line(s): {by_reason}")
+            out.append(f"skipped {skipped:,} {self.unit}(s): {by_reason}")
             out.extend(f"  {example}" for example in self.examples[:10])
         return out
 
@@ -706,6 +776,49 @@ def _copy_chunk(plan: Plan, chunk: Chunk, descriptor: int, offset: int) -> None:
     indexed.bin_path(prefix).unlink()
 
 
+def rejection(plan: Plan, total: ChunkStats) -> str | None:
+    """Why the run must not make an output, in one line: no document, or too many skipped; None if it may.
+
+    Names the commonest reason, where it first happened, and for a missing
+    key (column) the keys (columns) the input has instead. Blank lines hold
+    no document and count toward neither share.
+    """
+    unit = plan.unit
+    skipped = sum(total.skipped.values())
+    lost = skipped - total.skipped.get("blank line", 0)
+    if total.documents and lost <= plan.max_skipped_fraction * (total.documents + lost):
+        return None
+    if not skipped:
+        names = plan.settings.inputs
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        return f"no document: the input{'s are' if len(names) > 1 else ' is'} empty ({names[0]}{more})"
+    reasons = sorted(total.skipped.items(), key=lambda item: (-item[1], item[0]))
+    top, count = reasons[0]
+    first = {reason: where for where, reason in reversed([_example(e) for e in total.examples])}
+    place = first.get(top, "").rpartition(":")[0] or plan.settings.inputs[0]
+    key = plan.settings.text_key
+    if not total.documents and top == "no text key" and count == lost:
+        has = ", ".join(total.keys) or "none"
+        if unit == "row":
+            return f"{place}: no row has column {key!r}; the columns are: {has} (--text-key, data.text_key)"
+        return f"{place}: no {unit} has key {key!r}; {unit}s have: {has} (--text-key, data.text_key)"
+    counts = ", ".join(f"{n:,} {reason}" + (f" (first: {first[reason]})" if reason in first else "")
+                       for reason, n in reasons)
+    if top == "no text key" and total.keys:
+        counts += f"; {unit}s without key {key!r} have: {', '.join(total.keys)}"
+    if not total.documents:
+        return f"{place}: no document in {skipped:,} {unit}(s): {counts}"
+    share = lost / (total.documents + lost)
+    return (f"skipped {lost:,} of {total.documents + lost:,} {unit}s ({share:.1%}), more than "
+            f"data.max_skipped_fraction {plan.max_skipped_fraction:g} (--max-skipped-fraction): {counts}")
+
+
+def _example(example: str) -> tuple[str, str]:
+    """``FILE:LINE: reason`` as (``FILE:LINE``, reason)."""
+    where, _, reason = example.rpartition(": ")
+    return where, reason
+
+
 def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """Join every chunk's pair, in input order, into the output; remove the parts.
 
@@ -719,6 +832,18 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     """
     started = time.perf_counter()
     markers, offsets = _chunk_offsets(plan)
+    total = ChunkStats()
+    for marker in markers:
+        _add(total, ChunkStats(**marker))
+    problem = rejection(plan, total)
+    if problem:
+        if total.documents:  # sound chunks: a rerun with a larger fraction merges them at once
+            (plan.parts_dir / REJECTED_NAME).write_text(problem + "\n", encoding="utf-8")
+            problem += (f"; {plan.parts_dir} keeps the chunks: rerun with a larger --max-skipped-fraction to "
+                        "accept them, or with other options to start over")
+        else:  # nothing worth keeping; a rerun starts afresh, whatever its options
+            shutil.rmtree(plan.parts_dir, ignore_errors=True)
+        raise PreprocessError(problem)
     _copy_rest(plan, offsets)  # also creates the file where no chunk holds a document
     merged = plan.parts_dir / MERGED_NAME
     output = Path(plan.settings.output)
@@ -734,9 +859,6 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
     except BaseException:
         index.unlink(missing_ok=True)
         raise
-    total = ChunkStats()
-    for marker in markers:
-        _add(total, ChunkStats(**marker))
     summary = Summary(
         output=str(output),
         documents=total.documents,
@@ -751,6 +873,7 @@ def merge(plan: Plan, *, result: WorkResult | None = None) -> Summary:
         chunks=len(plan.chunks),
         seconds=result.seconds if result else 0.0,
         tokenize_seconds=result.tokenize_seconds if result else 0.0,
+        unit=plan.unit,
     )
     record = {**asdict(summary), "inputs": plan.settings.inputs, "text_key": plan.settings.text_key,
               "tokenizer_sha256": plan.settings.tokenizer_sha256}
@@ -861,5 +984,5 @@ def describe_assignment(plan: Plan, ranks: int) -> Iterable[str]:
 
 __all__ = [
     "ChunkStats", "InputFile", "Plan", "PreprocessError", "Progress", "Settings", "Summary",
-    "merge", "prepare", "run", "slurm_rank", "tokenize_chunk", "work",
+    "merge", "prepare", "rejection", "run", "slurm_rank", "tokenize_chunk", "work",
 ]

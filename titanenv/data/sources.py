@@ -1,4 +1,4 @@
-"""JSONL inputs: finding them, cutting them into chunks, and reading documents out of a chunk.
+"""Inputs: finding them, cutting them into chunks, and reading JSONL documents out of a chunk.
 
 A chunk is the unit of work of preprocessing: a byte range of an
 uncompressed file that starts and ends at line boundaries (so one huge file
@@ -9,6 +9,9 @@ Lines that hold no usable document are skipped and counted by reason with
 their file and line number: blank lines, malformed JSON, invalid UTF-8, a
 value that is not an object, a missing text key, a text that is not a
 string, and an empty text.
+
+Parquet files and Arrow files (alone or as a dataset saved by ``datasets``)
+are found here too; :mod:`titanenv.data.tables` plans and reads them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SKIP_REASONS = (
     "no text key",
     "text is not a string",
     "empty text",
+    "null text",
 )
 
 
@@ -51,13 +55,24 @@ class InputFile:
     def compressed(self) -> bool:
         return self.path.suffix in COMPRESSED
 
+    @property
+    def kind(self) -> str:
+        """``lines`` (JSONL, maybe compressed), ``parquet`` or ``arrow``, by the file's suffix."""
+        from titanenv.data import tables
+
+        suffix = self.path.suffix.lower()
+        return "parquet" if suffix in tables.PARQUET else "arrow" if suffix in tables.ARROW else "lines"
+
 
 def resolve_inputs(patterns: list[str], base: Path) -> list[InputFile]:
     """Files named by ``patterns`` (paths or globs, relative to ``base``), in order, each once.
 
-    A pattern that matches nothing, an unreadable file or a directory is an
-    error naming it, raised before any work starts.
+    A directory saved by ``datasets``' ``save_to_disk`` stands for its Arrow
+    files. A pattern that matches nothing, an unreadable file or another
+    directory is an error naming it, raised before any work starts.
     """
+    from titanenv.data import tables
+
     if not patterns:
         raise InputError("data.inputs: no input files given")
     found: list[InputFile] = []
@@ -72,23 +87,38 @@ def resolve_inputs(patterns: list[str], base: Path) -> list[InputFile]:
             matches = [full]
         for match in matches:
             path = Path(match).resolve()
-            if path in seen:
-                continue
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                raise InputError(f"input {match}: no such file") from None
-            except OSError as exc:
-                raise InputError(f"input {match}: {exc.strerror}") from None
-            if not path.is_file():
-                raise InputError(f"input {match}: not a file")
-            if not os.access(path, os.R_OK):
-                raise InputError(f"input {match}: not readable (permission denied)")
-            if path.suffix == ".zst":
-                _require_zstandard(path)
-            seen.add(path)
-            found.append(InputFile(path, stat.st_size, stat.st_mtime_ns))
+            if path.is_dir() and (tables.is_saved_dataset(path) or (path / "dataset_dict.json").is_file()):
+                tables.pyarrow_modules(path)
+                files = [(str(Path(match) / f.name), f) for f in tables.saved_dataset_files(path, match)]
+            else:
+                files = [(match, path)]
+            for shown, file in files:
+                if file not in seen:
+                    found.append(_input_file(shown, file))
+                    seen.add(file)
     return found
+
+
+def _input_file(match: str, path: Path) -> InputFile:
+    """One input file, checked: it exists, is a file, is readable, and its format can be read here."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input {match}: no such file") from None
+    except OSError as exc:
+        raise InputError(f"input {match}: {exc.strerror}") from None
+    if not path.is_file():
+        raise InputError(f"input {match}: not a file (nor a dataset saved by datasets' save_to_disk)")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"input {match}: not readable (permission denied)")
+    if path.suffix == ".zst":
+        _require_zstandard(path)
+    item = InputFile(path, stat.st_size, stat.st_mtime_ns)
+    if item.kind != "lines":
+        from titanenv.data import tables
+
+        tables.pyarrow_modules(path)
+    return item
 
 
 def _require_zstandard(path: Path) -> None:
@@ -100,30 +130,54 @@ def _require_zstandard(path: Path) -> None:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Bytes ``[start, end)`` of an input file (``end`` -1: to the end of a compressed file)."""
+    """A unit of work: part of one input file.
+
+    ``lines`` (JSONL): bytes ``[start, end)``, ``end`` -1 for the whole of a
+    compressed file; ``parquet``: row groups ``[start, end)``, ``nbytes`` of
+    text column on disk, the first of them at row ``first_row`` of the file;
+    ``arrow``: the whole file (``end`` -1).
+    """
 
     index: int
     path: Path
     start: int
     end: int
+    kind: str = "lines"
+    nbytes: int = 0
+    first_row: int = 0
 
     @property
     def size(self) -> int:
+        """Input bytes (0 where only the file's size tells: ``end`` -1)."""
+        if self.kind == "parquet":
+            return self.nbytes
         return self.end - self.start if self.end >= 0 else 0
 
     def to_json(self) -> list:
-        return [self.index, str(self.path), self.start, self.end]
+        if self.kind == "lines":  # as plans before Parquet were written: their runs resume
+            return [self.index, str(self.path), self.start, self.end]
+        return [self.index, str(self.path), self.start, self.end, self.kind, self.nbytes, self.first_row]
 
     @classmethod
     def from_json(cls, data: list) -> "Chunk":
-        index, path, start, end = data
-        return cls(int(index), Path(path), int(start), int(end))
+        index, path, start, end, *rest = data
+        kind, nbytes, first_row = rest if rest else ("lines", 0, 0)
+        return cls(int(index), Path(path), int(start), int(end), str(kind), int(nbytes), int(first_row))
 
 
-def plan_chunks(inputs: list[InputFile], chunk_bytes: int) -> list[Chunk]:
-    """Cut every uncompressed input at the first line end after each ``chunk_bytes``; compressed files whole."""
+def plan_chunks(inputs: list[InputFile], chunk_bytes: int, text_key: str = "text") -> list[Chunk]:
+    """Cut every uncompressed JSONL input at the first line end after each ``chunk_bytes``, Parquet
+    files into runs of row groups of about ``chunk_bytes`` of ``text_key``; compressed and Arrow files whole."""
+    from titanenv.data import tables
+
     chunks: list[Chunk] = []
     for item in inputs:
+        if item.kind == "parquet":
+            chunks.extend(tables.plan_parquet(item, len(chunks), chunk_bytes, text_key))
+            continue
+        if item.kind == "arrow":
+            chunks.append(Chunk(len(chunks), item.path, 0, -1, kind="arrow"))
+            continue
         if item.compressed:
             chunks.append(Chunk(len(chunks), item.path, 0, -1))
             continue
@@ -259,10 +313,14 @@ def first_line_number(chunk: Chunk) -> int:
 
 @dataclass
 class Skipped:
-    """A skipped line: reason and 0-based line index within its chunk."""
+    """A skipped line: reason and 0-based line index within its chunk (a row: its index in its file).
+
+    ``keys``: for "no text key", the keys (columns) the line or row has instead.
+    """
 
     reason: str
     line: int
+    keys: tuple[str, ...] = ()
 
 
 def documents(data: bytes, text_key: str, first_line: int = 0) -> tuple[list[str], list[Skipped]]:
@@ -305,7 +363,7 @@ def _documents_carefully(lines: list[bytes], text_key: str, first_line: int) -> 
         if not isinstance(value, dict):
             skipped.append(Skipped("not a JSON object", number))
         elif text_key not in value:
-            skipped.append(Skipped("no text key", number))
+            skipped.append(Skipped("no text key", number, tuple(value)))
         elif not isinstance(value[text_key], str):
             skipped.append(Skipped("text is not a string", number))
         elif not value[text_key]:

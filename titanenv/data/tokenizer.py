@@ -110,6 +110,33 @@ class TextTokenizer:
         )
         return ids, offsets
 
+    def encode_arrow(self, texts: Any, parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``encode`` for a pyarrow string array of documents (no nulls, no empty texts).
+
+        gigatoken reads the array's own buffers, handed over as an awkward
+        string array (int64 offsets): no Python string per document, three
+        times faster than ``to_pylist`` here (bench/preprocess_parquet.py).
+        HF ``tokenizers`` needs Python strings.
+        """
+        if self.backend != "gigatoken":
+            return self.encode(texts.to_pylist())
+        import awkward
+
+        from titanenv.data.tables import string_buffers
+
+        if not len(texts):
+            return np.zeros(0, dtype=np.uint32), np.zeros(1, dtype=np.int64)
+        offsets, data = string_buffers(texts)
+        strings = awkward.contents.ListOffsetArray(
+            awkward.index.Index64(offsets),
+            awkward.contents.NumpyArray(data, parameters={"__array__": "char"}),
+            parameters={"__array__": "string"},
+        )
+        layout = self._impl.encode_batch(awkward.Array(strings), parallel=parallel).layout
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        ids = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        return ids, offsets - offsets[0]
+
     def encode_jsonl(self, data: bytes, text_key: str, lines: int | None = None,
                      parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Parse and encode JSON lines in one pass inside gigatoken; None where that cannot be trusted.
