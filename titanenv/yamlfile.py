@@ -18,6 +18,7 @@ anyway): ``tasks.py`` uses it before Invoke reads ``invoke.yaml``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,12 @@ def load(text: str, label: str) -> Any:
     return compose(text, label)[1]
 
 
+# An anchor (&a) or alias (*a) starts a token: at a line's start or after
+# white space or a flow indicator. A text with neither holds no alias.
+_COMMENT_LINES = re.compile(r"^\s*#.*$", re.MULTILINE)
+_MAY_HOLD_ALIASES = re.compile(r"(?:^|[\s\[{,])[&*][^\s,\[\]{}]", re.MULTILINE)
+
+
 def check_tool_files(project_dir: Path) -> None:
     """Refuse ``invoke.yaml``/``fabric.yaml`` in ``project_dir`` as :func:`check_events` does.
 
@@ -107,6 +114,9 @@ def check_tool_files(project_dir: Path) -> None:
     """
     for name in ("invoke.yaml", "fabric.yaml"):
         try:
-            check_events((project_dir / name).read_text(encoding="utf-8"), name)
+            text = (project_dir / name).read_text(encoding="utf-8")
+            # Every `invoke` call reads these: skip the parse where no token can be an alias.
+            if _MAY_HOLD_ALIASES.search(_COMMENT_LINES.sub("", text)):
+                check_events(text, name)
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
