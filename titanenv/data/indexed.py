@@ -18,7 +18,6 @@ complete, so a crash never leaves a pair that looks finished.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +88,21 @@ def index_bytes(dtype: np.dtype, sequence_lengths: np.ndarray, document_indices:
     return header + lengths.tobytes(order="C") + pointers.tobytes(order="C") + documents.tobytes(order="C")
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place (this process's own name)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def _fsync_rename(temporary: Path, final: Path, durable: bool = True) -> None:
+def temporary_target(path: Path) -> Path | None:
+    """The file a :func:`temporary_path` is written for (None for any other name)."""
+    name, marker, pid = path.name.rpartition(".tmp-")
+    if not (marker and pid.isdigit() and name.startswith(".") and len(name) > 1):
+        return None
+    return path.with_name(name[1:])
+
+
+def rename_into_place(temporary: Path, final: Path, durable: bool = True) -> None:
+    """Rename a finished temporary file over ``final``; ``durable``: flushed to disk first."""
     if durable:
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
@@ -148,7 +157,7 @@ class IndexedDatasetWriter:
         self.durable = durable
         dtype_code(self.dtype)
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
-        self._bin_tmp = _temporary(bin_path(self.prefix))
+        self._bin_tmp = temporary_path(bin_path(self.prefix))
         self._bin = open(self._bin_tmp, "wb")
         self._lengths: list[np.ndarray] = []
         self._document_ends: list[int] = []
@@ -191,10 +200,10 @@ class IndexedDatasetWriter:
         self._bin.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int32)
         documents = np.array([0, *self._document_ends], dtype=np.int64)
-        idx_tmp = _temporary(idx_path(self.prefix))
+        idx_tmp = temporary_path(idx_path(self.prefix))
         idx_tmp.write_bytes(index_bytes(self.dtype, lengths, documents))
-        _fsync_rename(self._bin_tmp, bin_path(self.prefix), self.durable)
-        _fsync_rename(idx_tmp, idx_path(self.prefix), self.durable)
+        rename_into_place(self._bin_tmp, bin_path(self.prefix), self.durable)
+        rename_into_place(idx_tmp, idx_path(self.prefix), self.durable)
 
     def abort(self) -> None:
         """Remove the temporary files; quietly, as it runs while another error (a full disk) is raised."""
@@ -202,7 +211,7 @@ class IndexedDatasetWriter:
             self._bin.close()  # flushes what is buffered: fails again on a full disk
         except OSError:
             pass
-        for path in (self._bin_tmp, _temporary(idx_path(self.prefix))):
+        for path in (self._bin_tmp, temporary_path(idx_path(self.prefix))):
             path.unlink(missing_ok=True)
 
     def __enter__(self) -> "IndexedDatasetWriter":

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from titanenv.config import Config
 from titanenv.data import indexed
-from titanenv.data.preprocess import summary_path
+from titanenv.data.plan import summary_path
 
 
 def verify(prefix: Path) -> str:

@@ -10,6 +10,7 @@ from typing import Callable
 from titanenv.config import Config
 from titanenv.data import preprocess as pre
 from titanenv.errors import TitanEnvError
+from titanenv.files import human_size
 
 
 @dataclass(frozen=True)
@@ -97,12 +98,12 @@ def _ranks(config: Config) -> int:
 
 def describe_plan(plan: pre.Plan, ranks: int) -> list[str]:
     lines = [
-        f"inputs: {len(plan.inputs)} file(s), {pre._size(plan.total_bytes)} -> {plan.settings.output}.bin/.idx",
+        f"inputs: {len(plan.inputs)} file(s), {human_size(plan.total_bytes)} -> {plan.settings.output}.bin/.idx",
         f"tokenizer: {plan.settings.tokenizer} (end-of-document id {plan.settings.eod_id}, {plan.settings.dtype})",
         f"chunks: {len(plan.chunks)}, {sum(plan.is_done(c) for c in plan.chunks)} done",
     ]
     if ranks > 1:
-        lines.extend(pre.describe_assignment(plan, ranks))
+        lines.extend(plan.describe_assignment(ranks))
     return lines
 
 

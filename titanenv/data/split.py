@@ -100,7 +100,7 @@ def split(source: Path, train: Path, valid: Path, *, fraction: float, seed: int 
 def _write_summaries(result: SplitResult) -> None:
     import json
 
-    from titanenv.data.preprocess import summary_path
+    from titanenv.data.plan import summary_path
     from titanenv.runs import write_json_atomic
 
     try:
@@ -135,7 +135,7 @@ def _write(dataset: indexed.IndexedDataset, keep: np.ndarray, prefix: Path) -> P
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     bin_final, idx_final = indexed.bin_path(prefix), indexed.idx_path(prefix)
-    bin_tmp, idx_tmp = indexed._temporary(bin_final), indexed._temporary(idx_final)
+    bin_tmp, idx_tmp = indexed.temporary_path(bin_final), indexed.temporary_path(idx_final)
     try:
         with open(bin_tmp, "wb") as out:
             # Kept documents come in runs of neighbours: copy each run of tokens at once.
@@ -145,8 +145,8 @@ def _write(dataset: indexed.IndexedDataset, keep: np.ndarray, prefix: Path) -> P
                     piece = dataset.tokens[block : min(block + _BLOCK_TOKENS, int(end))]
                     out.write(memoryview(np.ascontiguousarray(piece)).cast("B"))
         idx_tmp.write_bytes(indexed.index_bytes(dataset.dtype, new_lengths, new_documents))
-        indexed._fsync_rename(bin_tmp, bin_final)
-        indexed._fsync_rename(idx_tmp, idx_final)
+        indexed.rename_into_place(bin_tmp, bin_final)
+        indexed.rename_into_place(idx_tmp, idx_final)
     finally:
         for path in (bin_tmp, idx_tmp):
             path.unlink(missing_ok=True)

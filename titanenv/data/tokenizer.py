@@ -93,11 +93,14 @@ class TextTokenizer:
     _impl: Any = field(repr=False)
     _scratch: tuple[int, int] | None = field(default=None, repr=False, compare=False)  # (pid, memfd)
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Ids of every text back to back (uint32) and offsets (int64, ``len(texts) + 1``)."""
+    def encode(self, texts: list[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of every text back to back (uint32) and offsets (int64, ``len(texts) + 1``).
+
+        ``parallel``: let gigatoken use its thread pool (None: its own choice;
+        forked worker processes are detected and encode on their own thread).
+        """
         if self.backend == "gigatoken":
-            # Forked worker processes are detected and encode on their own thread.
-            layout = self._impl.encode_batch(texts).layout
+            layout = self._impl.encode_batch(texts, parallel=parallel).layout
             offsets = np.asarray(layout.offsets.data, dtype=np.int64)
             ids = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
             return ids, offsets - offsets[0]
@@ -175,6 +178,12 @@ class TextTokenizer:
         if self._scratch is None or self._scratch[0] != pid:  # a forked worker makes its own
             self._scratch = (pid, os.memfd_create("titanenv-jsonl", os.MFD_CLOEXEC))
         return self._scratch[1]
+
+    def token_id(self, token: str) -> int | None:
+        """The id of ``token`` in the vocabulary (added tokens included), or None."""
+        if self.backend == "gigatoken":
+            return _gigatoken_lookup(self._impl)(token)
+        return self._impl.token_to_id(token)
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
         ids = np.asarray(ids, dtype=np.uint32)

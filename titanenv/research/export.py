@@ -112,7 +112,7 @@ def tokenizer_info(directory: Path) -> TokenizerInfo:
         token = data.get("bos_token")
         token = token.get("content") if isinstance(token, dict) else token
         if isinstance(token, str) and token:
-            bos_token, bos_id = token, loaded._impl.token_to_id(token)
+            bos_token, bos_id = token, loaded.token_id(token)
     return TokenizerInfo(loaded.eod_token, loaded.eod_id, bos_token, bos_id)
 
 
