@@ -152,3 +152,45 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert lines and lines[-1].startswith("error: "), result.stderr
     assert "Traceback" not in result.stderr
     return lines[-1]
+
+
+# The shared corpus and tokenizers data.preprocess tests run on (sample_data/README.md).
+OWT = SHARED_DATA / "corpus" / "openwebtext_1000.jsonl"
+WIKI = SHARED_DATA / "corpus" / "wikitext2_valid_test.jsonl"
+GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
+NEOX = SHARED_DATA / "tokenizers" / "gpt-neox-20b-pii-dolma"
+
+
+def preprocess(*args: str, output: Path, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    """`invoke data.preprocess --output OUTPUT ARGS...` as a user runs it."""
+    return run_invoke("data.preprocess", "--output", str(output), *args, cwd=cwd)
+
+
+def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``result``, after asserting it exited 0 (its output is the message otherwise)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def pair_bytes(prefix: Path) -> tuple[bytes, bytes]:
+    """The bytes of an indexed dataset's ``.bin`` and ``.idx``, to compare two of them."""
+    from titanenv.data import indexed
+
+    return indexed.bin_path(prefix).read_bytes(), indexed.idx_path(prefix).read_bytes()
+
+
+def preprocess_mib_chunks(corpus: Path, output: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """data.preprocess of ``corpus`` with GPT-2 in 1 MiB chunks (resumes where an earlier run stopped)."""
+    return preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", *args, output=output)
+
+
+def corpus_and_reference(folder: Path) -> tuple[Path, Path]:
+    """The shared corpus four times over (18 chunks of 1 MiB), and its dataset made by one uninterrupted run.
+
+    What an interrupted run of it must end up byte-identical to once resumed.
+    """
+    corpus = folder / "corpus.jsonl"
+    corpus.write_bytes(OWT.read_bytes() * 4)
+    reference = folder / "straight" / "train"
+    succeeded(preprocess_mib_chunks(corpus, reference))
+    return corpus, reference

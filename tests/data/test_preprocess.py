@@ -12,31 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, SHARED_DATA, run_invoke
+from tests.helpers import (GPT2, NEOX, OWT, REPO_ROOT, WIKI, corpus_and_reference, pair_bytes, preprocess,
+                           preprocess_mib_chunks, run_invoke, succeeded)
 from titanenv.data import indexed
 from titanenv.data import preprocess as pre
-
-OWT = SHARED_DATA / "corpus" / "openwebtext_1000.jsonl"
-WIKI = SHARED_DATA / "corpus" / "wikitext2_valid_test.jsonl"
-GPT2 = SHARED_DATA / "tokenizers" / "gpt2"
-NEOX = SHARED_DATA / "tokenizers" / "gpt-neox-20b-pii-dolma"
-
-
-def preprocess(*args: str, output: Path, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    return run_invoke("data.preprocess", "--output", str(output), *args, cwd=cwd)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def pair_bytes(prefix: Path) -> tuple[bytes, bytes]:
-    return indexed.bin_path(prefix).read_bytes(), indexed.idx_path(prefix).read_bytes()
-
 
 @pytest.fixture(scope="module")
 def megatron_reference(tmp_path_factory: pytest.TempPathFactory):
@@ -84,7 +65,7 @@ def test_byte_identical_to_megatron_with_many_chunks_and_workers(
     tmp_path: Path, megatron_reference, corpus: Path, tokenizer: Path
 ) -> None:
     out = tmp_path / "out" / "train"
-    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(tokenizer), "--chunk-mb", "1",
+    result = succeeded(preprocess("--input", str(corpus), "--tokenizer", str(tokenizer), "--chunk-mb", "1",
                            "--workers", "2", output=out))
     plan_chunks = -(-corpus.stat().st_size // (1 << 20))
     assert f"in {plan_chunks} chunk(s)" in result.stdout
@@ -105,7 +86,7 @@ def test_gigatoken_and_hf_backends_give_the_same_bytes(tmp_path: Path, corpus: P
     outputs = []
     for backend in ("gigatoken", "hf"):
         out = tmp_path / backend / "train"
-        result = ok(preprocess("--input", str(corpus), "--tokenizer", str(tokenizer), "--backend", backend,
+        result = succeeded(preprocess("--input", str(corpus), "--tokenizer", str(tokenizer), "--backend", backend,
                                "--workers", "2", output=out))
         assert "skipped" not in result.stdout
         outputs.append(pair_bytes(out))
@@ -121,7 +102,7 @@ def test_vocab_and_merges_read_like_tokenizer_json(tmp_path: Path) -> None:
     outputs = []
     for tokenizer in (GPT2, gpt2_files):
         out = tmp_path / tokenizer.name / "train"
-        ok(preprocess("--input", str(WIKI), "--tokenizer", str(tokenizer), output=out))
+        succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(tokenizer), output=out))
         outputs.append(pair_bytes(out))
     assert outputs[0] == outputs[1]
 
@@ -137,11 +118,11 @@ def test_globs_lists_and_compressed_inputs_give_the_same_dataset(tmp_path: Path)
     (inputs / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b"".join(lines[700:])))
 
     whole = tmp_path / "whole" / "train"
-    ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), output=whole))
+    succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), output=whole))
     by_glob = tmp_path / "glob" / "train"
-    ok(preprocess("--input", str(inputs / "*.jsonl*"), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=by_glob))
+    succeeded(preprocess("--input", str(inputs / "*.jsonl*"), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=by_glob))
     by_list = tmp_path / "list" / "train"
-    ok(preprocess("--input", f"{inputs}/a.jsonl:{inputs}/b.jsonl.gz", "--input", str(inputs / "c.jsonl.zst"),
+    succeeded(preprocess("--input", f"{inputs}/a.jsonl:{inputs}/b.jsonl.gz", "--input", str(inputs / "c.jsonl.zst"),
                   "--tokenizer", str(GPT2), output=by_list))
     assert pair_bytes(by_glob) == pair_bytes(whole) == pair_bytes(by_list)
 
@@ -172,7 +153,7 @@ def test_chunks_cut_at_line_ends_and_ranks_get_similar_bytes(tmp_path: Path) -> 
 
 def test_a_rerun_redoes_only_missing_chunks_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     straight = tmp_path / "straight" / "train"
-    ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
+    succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
 
     out = tmp_path / "resumed" / "train"
     plan = pre.prepare([str(OWT)], base=REPO_ROOT, tokenizer=str(GPT2), output=out, chunk_bytes=1 << 20)
@@ -192,7 +173,7 @@ def test_a_rerun_redoes_only_missing_chunks_and_matches_an_uninterrupted_run(tmp
     data.write_bytes(data.read_bytes()[:-4096])
     assert not plan.is_done(crashed)
 
-    result = ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    result = succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
     assert f"resuming: {len(done) - 1} of {len(plan.chunks)} chunk(s) done" in result.stdout
     assert pair_bytes(out) == pair_bytes(straight)
     assert not pre.parts_dir(out).exists()
@@ -200,23 +181,20 @@ def test_a_rerun_redoes_only_missing_chunks_and_matches_an_uninterrupted_run(tmp
 
 def test_chunks_copied_into_a_lost_merged_file_are_made_again(tmp_path: Path) -> None:
     straight = tmp_path / "straight" / "train"
-    ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
+    succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
     out = tmp_path / "lost" / "train"
     plan = pre.prepare([str(OWT)], base=REPO_ROOT, tokenizer=str(GPT2), output=out, chunk_bytes=1 << 20)
     pre.work(plan, workers=1)  # every chunk done and copied; no merge yet
     assert all(pre.copied_path(plan.chunk_prefix(c)).exists() for c in plan.chunks)
     (plan.parts_dir / pre.MERGED_NAME).unlink()
 
-    result = ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    result = succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
     assert "resuming" not in result.stdout  # every chunk made again
     assert pair_bytes(out) == pair_bytes(straight)
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_bytes(OWT.read_bytes() * 4)
-    straight = tmp_path / "straight" / "train"
-    ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
+    corpus, straight = corpus_and_reference(tmp_path)
 
     out = tmp_path / "killed" / "train"
     plan = pre.prepare([str(corpus)], base=REPO_ROOT, tokenizer=str(GPT2), output=out, chunk_bytes=1 << 20)
@@ -233,7 +211,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert 0 < len(done_before) < len(plan.chunks), "the run must be killed part way through"
     assert not indexed.bin_path(out).exists()
 
-    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    result = succeeded(preprocess_mib_chunks(corpus, out))
     # The killed step's lock names a process that is gone: taken over, saying so.
     assert f"note: took over the lock of {out} from host {socket.gethostname()} pid {job.pid} (since " in result.stdout
     assert f"process {job.pid} no longer exists" in result.stdout
@@ -243,7 +221,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path) -> None:
 
 def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "train"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=out))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=out))
     before = pair_bytes(out)
     refused = preprocess("--input", str(OWT), "--tokenizer", str(GPT2), output=out)
     assert refused.returncode == 1
@@ -251,7 +229,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
         f"error: {out}.bin exists; pass --overwrite to replace it (the old one stays until the new one is complete)"
     )
     assert pair_bytes(out) == before
-    ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--overwrite", output=out))
+    succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--overwrite", output=out))
     assert pair_bytes(out) != before
 
 
@@ -265,9 +243,9 @@ def test_a_changed_input_does_not_mix_with_old_parts(tmp_path: Path) -> None:
     refused = preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out)
     assert refused.returncode == 1
     assert "holds an unfinished run with other inputs or settings; pass --overwrite" in refused.stderr
-    ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--overwrite", output=out))
+    succeeded(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--overwrite", output=out))
     reference = tmp_path / "ref"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
     assert pair_bytes(out) == pair_bytes(reference)
 
 
@@ -294,7 +272,7 @@ def _bad_corpus(tmp_path: Path) -> Path:
 def test_bad_lines_are_skipped_and_counted_with_file_and_line(tmp_path: Path, backend: str) -> None:
     corpus = _bad_corpus(tmp_path)
     out = tmp_path / "train"
-    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--backend", backend,
+    result = succeeded(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--backend", backend,
                            "--max-skipped-fraction", "1", output=out))
     assert "skipped 7 line(s): 1 blank line, 1 empty text, 1 invalid UTF-8, 1 malformed JSON, " \
            "1 no text key, 1 not a JSON object, 1 text is not a string" in result.stdout
@@ -331,9 +309,9 @@ def test_a_missing_text_key_fails_naming_the_keys_and_a_fixed_rerun_starts_afres
         f"error: {WIKI}: no line has key 'content'; lines have: text (--text-key, data.text_key)"]
     assert nothing_at(out)
     # The fixed option: no --overwrite needed, nothing of the wrongly keyed run reused.
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--text-key", "text", output=out))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--text-key", "text", output=out))
     reference = tmp_path / "ref"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
     assert pair_bytes(out) == pair_bytes(reference)
 
 
@@ -371,12 +349,12 @@ def test_too_many_skipped_lines_fail_and_a_larger_fraction_accepts_the_chunks(tm
     assert not indexed.bin_path(out).exists() and not indexed.idx_path(out).exists()
     chunks = len(pre.Plan.read(parts / pre.PLAN_NAME).chunks)
 
-    accepted = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1",
+    accepted = succeeded(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1",
                              "--max-skipped-fraction", "0.05", output=out))
     assert f"resuming: {chunks} of {chunks} chunk(s) done" in accepted.stdout
     assert "skipped 5 line(s): 5 no text key" in accepted.stdout
     reference = tmp_path / "ref"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
     assert pair_bytes(out) == pair_bytes(reference)
 
 
@@ -386,9 +364,9 @@ def test_a_rejected_run_is_replaced_by_one_with_other_options(tmp_path: Path) ->
     out = tmp_path / "train"
     assert preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out).returncode == 1
     assert pre.parts_dir(out).exists()
-    ok(preprocess("--input", str(corpus), "--tokenizer", str(NEOX), "--max-skipped-fraction", "0.1", output=out))
+    succeeded(preprocess("--input", str(corpus), "--tokenizer", str(NEOX), "--max-skipped-fraction", "0.1", output=out))
     reference = tmp_path / "ref"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(NEOX), output=reference))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(NEOX), output=reference))
     assert pair_bytes(out) == pair_bytes(reference)
 
 
@@ -396,7 +374,7 @@ def test_blank_lines_do_not_count_as_skipped_documents(tmp_path: Path) -> None:
     corpus = tmp_path / "spaced.jsonl"
     corpus.write_bytes(WIKI.read_bytes().replace(b"\n", b"\n\n"))
     out = tmp_path / "train"
-    result = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out))
+    result = succeeded(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), output=out))
     assert "skipped 122 line(s): 122 blank line" in result.stdout
     assert indexed.IndexedDataset(out).document_count == 122
 
@@ -432,19 +410,19 @@ def test_an_unreadable_tokenizer_is_named(tmp_path: Path) -> None:
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out" / "train"
-    result = ok(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--dry", output=out))
+    result = succeeded(preprocess("--input", str(OWT), "--tokenizer", str(GPT2), "--dry", output=out))
     assert "chunks: " in result.stdout and "dry run" in result.stdout
     assert not (tmp_path / "out").exists()
 
 
 def test_inspect_decodes_and_verify_finds_corruption(tmp_path: Path) -> None:
     out = tmp_path / "train"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(NEOX), output=out))
-    inspected = ok(run_invoke("data.inspect", "--prefix", str(out), "--document", "-1", "--chars", "80"))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(NEOX), output=out))
+    inspected = succeeded(run_invoke("data.inspect", "--prefix", str(out), "--document", "-1", "--chars", "80"))
     assert "documents: 122" in inspected.stdout and "dtype: uint16" in inspected.stdout
     last_text = json.loads(WIKI.read_text(encoding="utf-8").splitlines()[-1])["text"]
     assert last_text[:80] in inspected.stdout
-    assert ok(run_invoke("data.verify", "--prefix", str(out))).stdout.startswith(f"ok {out}: 122 documents")
+    assert succeeded(run_invoke("data.verify", "--prefix", str(out))).stdout.startswith(f"ok {out}: 122 documents")
 
     data = indexed.bin_path(out)
     with open(data, "r+b") as handle:

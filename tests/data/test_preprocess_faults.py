@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_preprocess import GPT2, OWT, WIKI, ok, pair_bytes, preprocess
-from tests.helpers import REPO_ROOT
+from tests.helpers import (GPT2, OWT, REPO_ROOT, WIKI, corpus_and_reference, pair_bytes, preprocess,
+                           preprocess_mib_chunks, succeeded)
 from titanenv import locks
+from titanenv.data import indexed
 from titanenv.data import preprocess as pre
 
 
@@ -35,16 +36,13 @@ def _stopped_part_way(job: subprocess.Popen[str], out: Path) -> int:
         time.sleep(0.02)
     os.killpg(job.pid, signal.SIGSTOP)
     done = len(list(parts.glob("*.done")))
-    assert done and not pre.indexed.bin_path(out).exists(), "the run must be stopped part way through"
+    assert done and not indexed.bin_path(out).exists(), "the run must be stopped part way through"
     return done
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_one_writer_per_output_and_an_interrupted_run_resumes(tmp_path: Path, signum: int) -> None:
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_bytes(OWT.read_bytes() * 4)
-    straight = tmp_path / "straight" / "train"
-    ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=straight))
+    corpus, straight = corpus_and_reference(tmp_path)
 
     out = tmp_path / "out" / "train"
     first = _invoke_preprocess(corpus, out, "--workers", "2")
@@ -52,8 +50,7 @@ def test_one_writer_per_output_and_an_interrupted_run_resumes(tmp_path: Path, si
         done = _stopped_part_way(first, out)
         # A second run, and an --overwrite that would delete the first one's parts, are refused.
         for extra in ([], ["--overwrite"]):
-            second = preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", *extra,
-                                output=out)
+            second = preprocess_mib_chunks(corpus, out, *extra)
             assert second.returncode == 1
             assert second.stderr.strip().splitlines() == [
                 f"error: {out} is being written by host {socket.gethostname()} pid {first.pid} "
@@ -72,8 +69,37 @@ def test_one_writer_per_output_and_an_interrupted_run_resumes(tmp_path: Path, si
     assert not locks.lock_path(out).exists()
     assert not [p.name for p in pre.parts_dir(out).iterdir() if ".tmp" in p.name]
 
-    resumed = ok(preprocess("--input", str(corpus), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    resumed = succeeded(preprocess_mib_chunks(corpus, out))
     assert "resuming: " in resumed.stdout and "took over" not in resumed.stdout
+    assert pair_bytes(out) == pair_bytes(straight)
+
+
+def test_a_worker_killed_outright_fails_in_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """The kernel's out-of-memory killer sends SIGKILL to one worker: no clean-up of its own, no answer."""
+    corpus, straight = corpus_and_reference(tmp_path)
+
+    out = tmp_path / "out" / "train"
+    run = _invoke_preprocess(corpus, out, "--workers", "2")
+    try:
+        _stopped_part_way(run, out)
+        worker = int(Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()[0])
+        # What a writer killed mid-chunk leaves: its temporary files.
+        stale = pre.parts_dir(out) / f".chunk-000017.bin.tmp-{worker}"
+        stale.write_bytes(b"half a chunk")
+        os.kill(worker, signal.SIGKILL)
+    finally:
+        os.killpg(run.pid, signal.SIGCONT)
+        _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(f"error: worker process {worker} was killed by SIGKILL (out of memory?) while tokenizing "
+                           f"{corpus} ["), line
+    assert line.endswith(f"]; {pre.parts_dir(out)} keeps the chunks done so far: rerun to resume"), line
+    assert not locks.lock_path(out).exists()
+    assert not [p.name for p in pre.parts_dir(out).iterdir() if ".tmp" in p.name]
+
+    resumed = succeeded(preprocess_mib_chunks(corpus, out))
+    assert "resuming: " in resumed.stdout
     assert pair_bytes(out) == pair_bytes(straight)
 
 
@@ -167,9 +193,9 @@ def test_a_symlinked_parts_directory_is_refused_and_overwrite_replaces_the_link(
         "directory of its own beside the output: remove it, or pass --overwrite to replace it (a link's target "
         "is left alone)"
     ]
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--overwrite", output=out))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), "--overwrite", output=out))
     reference = tmp_path / "reference"
-    ok(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
+    succeeded(preprocess("--input", str(WIKI), "--tokenizer", str(GPT2), output=reference))
     assert pair_bytes(out) == pair_bytes(reference)
     assert not pre.parts_dir(out).exists()
     assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt", pre.PLAN_NAME]

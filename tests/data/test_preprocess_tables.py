@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_preprocess import GPT2, OWT, WIKI, ok, pair_bytes, preprocess
-from tests.helpers import REPO_ROOT
+from tests.helpers import GPT2, OWT, REPO_ROOT, WIKI, pair_bytes, preprocess, succeeded
 from titanenv.data import indexed
 from titanenv.data import preprocess as pre
 
@@ -45,7 +44,7 @@ def test_jsonl_parquet_and_arrow_give_the_same_bytes(tmp_path: Path, corpus: Pat
     outputs = {}
     for name, source in (("jsonl", corpus), ("parquet", parquet), ("arrow", arrow)):
         out = tmp_path / name / "train"
-        result = ok(preprocess("--input", str(source), "--tokenizer", str(GPT2), "--backend", backend,
+        result = succeeded(preprocess("--input", str(source), "--tokenizer", str(GPT2), "--backend", backend,
                                "--chunk-mb", "1", "--workers", "2", output=out))
         assert "skipped" not in result.stdout
         outputs[name] = pair_bytes(out)
@@ -60,7 +59,7 @@ def test_parquet_chunks_are_whole_row_groups_and_resume(tmp_path: Path) -> None:
     twice = tmp_path / "twice.jsonl"
     twice.write_bytes(OWT.read_bytes() * 2)
     straight = tmp_path / "straight" / "train"
-    ok(preprocess("--input", str(twice), "--tokenizer", str(GPT2), output=straight))
+    succeeded(preprocess("--input", str(twice), "--tokenizer", str(GPT2), output=straight))
 
     out = tmp_path / "resumed" / "train"
     plan = pre.prepare([str(parquet)], base=REPO_ROOT, tokenizer=str(GPT2), output=out, chunk_bytes=1 << 20)
@@ -75,7 +74,7 @@ def test_parquet_chunks_are_whole_row_groups_and_resume(tmp_path: Path) -> None:
     done = sum(plan.is_done(c) for c in plan.chunks)
     assert 0 < done < len(plan.chunks)
 
-    result = ok(preprocess("--input", str(parquet), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
+    result = succeeded(preprocess("--input", str(parquet), "--tokenizer", str(GPT2), "--chunk-mb", "1", output=out))
     assert f"resuming: {done} of {len(plan.chunks)} chunk(s) done" in result.stdout
     assert pair_bytes(out) == pair_bytes(straight)
 
@@ -108,7 +107,7 @@ def test_bad_rows_are_skipped_and_counted_with_file_and_row(tmp_path: Path, back
         [b"good", b"bad \xff byte", b"fine"])}))
 
     out = tmp_path / "train"
-    result = ok(preprocess("--input", f"{rows}:{other}:{numbers}:{broken}", "--tokenizer", str(GPT2),
+    result = succeeded(preprocess("--input", f"{rows}:{other}:{numbers}:{broken}", "--tokenizer", str(GPT2),
                            "--backend", backend, "--max-skipped-fraction", "1", output=out))
     assert ("skipped 8 row(s): 1 empty text, 1 invalid UTF-8, 3 no text key, 1 null text, "
             "2 text is not a string") in result.stdout
@@ -159,7 +158,7 @@ def test_a_dataset_dict_names_its_splits(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: input {saved}: a DatasetDict saved by datasets; name one of its "
                                      f"splits: {saved}/train, {saved}/test")
-    ok(preprocess("--input", str(saved / "train"), "--tokenizer", str(GPT2), output=tmp_path / "out" / "train"))
+    succeeded(preprocess("--input", str(saved / "train"), "--tokenizer", str(GPT2), output=tmp_path / "out" / "train"))
 
 
 def test_a_missing_column_fails_naming_the_columns(tmp_path: Path) -> None:
