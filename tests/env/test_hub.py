@@ -96,7 +96,7 @@ def test_dry_plan_shows_each_kind_where_it_lands_the_online_environment_and_the_
     ))
     items, environment, argv = plan_parts(out)
     hub_cache = site.hf_home / "hub"
-    assert f"model gpt2: revision main; leaves out *.h5" in items[0] and items[0].endswith(f"-> {hub_cache}/models--gpt2")
+    assert "model gpt2: revision main; leaves out *.h5" in items[0] and items[0].endswith(f"-> {hub_cache}/models--gpt2")
     assert "*.py" in items[0].split("leaves out")[1]
     assert items[1].startswith("tokenizer meta-llama/Llama-3.1-8B@v1.0: revision v1.0; only tokenizer* ")
     assert items[1].endswith(f"-> {hub_cache}/models--meta-llama--Llama-3.1-8B")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, SHARED_DATA, run_invoke, valid_env
+from tests.helpers import SHARED_DATA, run_invoke, valid_env
 
 pytestmark = pytest.mark.train
 

@@ -35,7 +35,7 @@ def test_an_unreadable_newest_record_is_listed_and_never_passed_over(probe_proje
     newer.write_text(newer.read_text()[:40])  # truncated
 
     listing = invoke_ok("jobs.status", "--runs").stdout
-    assert f"UNREADABLE run.json" in listing and f"warning: {newer}: cannot read the run record" in listing
+    assert "UNREADABLE run.json" in listing and f"warning: {newer}: cannot read the run record" in listing
     for args in (("jobs.wait",), ("jobs.cancel", "--run", "probe"), ("jobs.logs", "--run", "latest"),
                  ("jobs.status", "--run", "probe")):
         line = one_line_error(run_invoke(*args))

@@ -201,7 +201,7 @@ def update_script(
     else:
         lines.append(f"git checkout -q --detach {q(commit)}")
     if origin_url:
-        lines.append(f"git remote remove origin 2>/dev/null || true")
+        lines.append("git remote remove origin 2>/dev/null || true")
         lines.append(f"git remote add origin {q(origin_url)}")
     return "\n".join(lines) + "\n"
 

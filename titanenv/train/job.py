@@ -16,7 +16,7 @@ from typing import Any, Callable
 from titanenv.config import Config
 from titanenv.errors import TitanEnvError
 from titanenv.files import write_text_atomic
-from titanenv.train.jobconfig import ENV_VAR, JobConfig, JobConfigError, read
+from titanenv.train.jobconfig import ENV_VAR, JobConfig, read
 
 RESOLVED_NAME = "train.toml"
 
