@@ -167,6 +167,17 @@ class _Store:
         elif dst.exists():
             dst.unlink()
 
+    def _swap_records(self) -> None:
+        """The active and previous slots' records trade places (a rollback)."""
+        a, p = self.layout.meta("active", self.named), self.layout.meta("previous", self.named)
+        held = a.with_name(a.name + ".swap")
+        if a.exists():
+            os.replace(a, held)
+        if p.exists():
+            os.replace(p, a)
+        if held.exists():
+            os.replace(held, p)
+
     def _check_digest(self, digest: str, what: str) -> None:
         if self.expected_digest and digest != self.expected_digest:
             raise ImageError(
@@ -186,6 +197,25 @@ class _Store:
             f"no offline container archive: expected {expected}; run `invoke container.download` on a machine "
             "with network and copy the file here"
         )
+
+    def download(self, *, force: bool = False) -> Path:
+        """The image as one archive file (with its ``.sha256``), for machines without network."""
+        target = self.archive()
+        if target.exists() and not force:
+            raise ImageError(f"{target} already exists; pass --force to download it again")
+        self.shell.check(self.env)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with files.replacing(target) as partial:
+            self._save_archive(partial)
+        write_checksum(target)
+        return target
+
+    def archive(self) -> Path:
+        """Where :meth:`download` puts the archive."""
+        raise NotImplementedError
+
+    def _save_archive(self, partial: Path) -> None:
+        raise NotImplementedError
 
     def archive_candidates(self) -> list[Path]:
         raise NotImplementedError
@@ -276,31 +306,11 @@ class FileImages(_Store):
             self._move_record("previous", "active")
         return active
 
-    def _swap_records(self) -> None:
-        a, p = self.layout.meta("active", False), self.layout.meta("previous", False)
-        held = a.with_name(a.name + ".swap")
-        if a.exists():
-            os.replace(a, held)
-        if p.exists():
-            os.replace(p, a)
-        if held.exists():
-            os.replace(held, p)
+    def archive(self) -> Path:
+        return self.layout.archive_sif
 
-    def download(self, *, force: bool = False) -> Path:
-        target = self.layout.archive_sif
-        if target.exists() and not force:
-            raise ImageError(f"{target} already exists; pass --force to download it again")
-        self.shell.check(self.env)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            self.shell.run(self.runtime.pull_argv(self.image, str(partial)), env=self.env)
-            os.replace(partial, target)
-        finally:
-            if partial.exists():
-                partial.unlink()
-        write_checksum(target)
-        return target
+    def _save_archive(self, partial: Path) -> None:
+        self.shell.run(self.runtime.pull_argv(self.image, str(partial)), env=self.env)
 
 
 class NamedImages(_Store):
@@ -406,39 +416,23 @@ class NamedImages(_Store):
             self._tag(previous, active)
             self._tag(held, previous)
             self._untag(held)
-            a, p = self.layout.meta("active", True), self.layout.meta("previous", True)
-            held_meta = a.with_name(a.name + ".swap")
-            if a.exists():
-                os.replace(a, held_meta)
-            if p.exists():
-                os.replace(p, a)
-            if held_meta.exists():
-                os.replace(held_meta, p)
+            self._swap_records()
         else:
             self._tag(previous, active)
             self._untag(previous)
             self._move_record("previous", "active")
         return active
 
-    def download(self, *, force: bool = False) -> Path:
-        target = self.layout.archive_tar
-        if target.exists() and not force:
-            raise ImageError(f"{target} already exists; pass --force to download it again")
-        self.shell.check(self.env)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    def archive(self) -> Path:
+        return self.layout.archive_tar
+
+    def _save_archive(self, partial: Path) -> None:
+        self.echo(f"pulling {self.image} (quietly; large images take minutes)")
         try:
-            self.echo(f"pulling {self.image} (quietly; large images take minutes)")
             pulled = self._pull(self.env)
             self.shell.run(self.runtime.save_argv(pulled, str(partial)), env=self.env)
-            os.replace(partial, target)
         except DiskFull:
-            raise DiskFull(f"no space left on device under {target.parent} while saving {self.image}") from None
-        finally:
-            if partial.exists():
-                partial.unlink()
-        write_checksum(target)
-        return target
+            raise DiskFull(f"no space left on device under {partial.parent} while saving {self.image}") from None
 
 
 def _archive_image_id(archive: Path) -> str:
