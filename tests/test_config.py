@@ -430,3 +430,24 @@ def test_config_check_fails_on_a_broken_profile(project: Path) -> None:
     result = run_invoke("config.check", "--all", cwd=project)
     assert result.returncode == 1
     assert f"FAIL jrc: machines/jrc.yaml:{line_of(path, 'cores_per_node')}: cluster.cores_per_node:" in result.stdout
+
+
+@pytest.mark.parametrize("file, before, after, key, problem", [
+    ("invoke.yaml", "  env: {}\n", "  env:\n    NCCL_DEBUG: INFO\n    BAD-NAME: 1\n", "container.env.BAD-NAME",
+     "'BAD-NAME' is not an environment variable name"),
+    ("machines/jsc.yaml", "    env:\n", "    env:\n      '$(reboot)': x\n", "cluster.network.env.$(reboot)",
+     "'$(reboot)' is not an environment variable name"),
+    ("invoke.yaml", "  unset_env: [BASH_ENV,", "  unset_env: [BASH_ENV, 'X;rm',", "container.unset_env[1]",
+     "'X;rm' is not a variable name (a trailing * matches a prefix)"),
+    ("invoke.yaml", "  pass_env: [MASTER_ADDR,", "  pass_env: [MASTER_ADDR, '1ST*',", "container.pass_env[1]",
+     "'1ST*' is not a variable name (a trailing * matches a prefix)"),
+])
+def test_a_bad_variable_name_names_file_line_and_key(project: Path, file: str, before: str, after: str, key: str,
+                                                       problem: str) -> None:
+    """A name that would reach a shell or sbatch's --export unchecked: the entry's own line and key."""
+    path = project / file
+    assert before in path.read_text()
+    path.write_text(path.read_text().replace(before, after, 1))
+    message = error_of(project, flags={"machine": "jwb"}, environ={})
+    bad = problem.split("'")[1]
+    assert message == f"{file}:{line_of(path, bad)}: {key}: {problem} (got {bad!r})"

@@ -128,6 +128,19 @@ def _scalar_to_str(value: Any) -> Any:
     return value
 
 
+def _env_name_problem(name: str) -> str | None:
+    return None if is_env_name(name) else f"{name!r} is not an environment variable name"
+
+
+def _env_pattern_problem(name: str) -> str | None:
+    if is_env_name(name, prefix_glob=True):
+        return None
+    return f"{name!r} is not a variable name (a trailing * matches a prefix)"
+
+
+EnvName = Annotated[StrictStr, _checked(_env_name_problem)]
+# unset_env, pass_env: a name, or NAME* for every variable it begins.
+EnvNamePattern = Annotated[StrictStr, _checked(_env_pattern_problem)]
 EnvValue = Annotated[StrictStr, BeforeValidator(_scalar_to_str)]
 # Values that reach #SBATCH lines.
 SbatchValue = Annotated[EnvValue, _checked(sbatch_value_problem)]
@@ -185,15 +198,7 @@ class Network(Model):
     # 0: a free port of the first node, chosen when the job starts (nodes shared
     # between jobs; needs the host's Python, so runtime none only).
     master_port: StrictInt = Field(ge=0, le=65535)
-    env: dict[StrictStr, EnvValue] = {}
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not is_env_name(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-        return value
+    env: dict[EnvName, EnvValue] = {}
 
 
 class Cluster(Model):
@@ -306,32 +311,16 @@ class ContainerSettings(Model):
     gpus: StrictBool
     binds: list[StrictStr] = []
     patched_files: list[PatchedFile] = []
-    unset_env: list[StrictStr]
+    unset_env: list[EnvNamePattern]
     archive_dir: StrictStr = Field(description="offline archives: <stem>.tar (docker save) or <stem>.sif")
     network: StrictStr = Field(description="docker/podman --network")
     ulimits: list[StrictStr] = []
-    env: dict[StrictStr, EnvValue] = {}
-    pass_env: list[StrictStr] = []
+    env: dict[EnvName, EnvValue] = {}
+    pass_env: list[EnvNamePattern] = []
     options: list[StrictStr] = []
     triton_libcuda_path: StrictStr = Field(
         default="", description="set as TRITON_LIBCUDA_PATH inside the container when it holds libcuda.so; empty: never"
     )
-
-    @field_validator("unset_env", "pass_env")
-    @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not is_env_name(name, prefix_glob=True):
-                raise ValueError(f"{name!r} is not a variable name (a trailing * matches a prefix)")
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not is_env_name(name):
-                raise ValueError(f"{name!r} is not an environment variable name")
-        return value
 
 
 class SlurmSettings(Model):
@@ -450,7 +439,7 @@ class RepoPin(Model):
     install: StrictBool = True
     editable: StrictBool = True
     pip_args: list[StrictStr] = []
-    env: dict[StrictStr, EnvValue] = {}
+    env: dict[EnvName, EnvValue] = {}
     skip_cuda_archs: list[StrictStr] = Field(default=[], description="compute capabilities left out of TORCH_CUDA_ARCH_LIST")
     release: StrictStr = Field(
         default="", description="the PyPI release made from this ref (torchtitan==0.3.0): its metadata stands for the clone's"
