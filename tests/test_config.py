@@ -451,3 +451,18 @@ def test_a_bad_variable_name_names_file_line_and_key(project: Path, file: str, b
     message = error_of(project, flags={"machine": "jwb"}, environ={})
     bad = problem.split("'")[1]
     assert message == f"{file}:{line_of(path, bad)}: {key}: {problem} (got {bad!r})"
+
+
+@pytest.mark.parametrize("key, bad, problem", [
+    ("cuda", "13", "'13' is not a CUDA release like '13.3'"),
+    ("python", "3.12\\n", "'3.12\\n' is not a version like 3.12"),
+    ("torch", "latest", "'latest' is not a version like 2.13.0 or 2.13.0a0+9186a08b2c.nv26.7.59513937"),
+])
+def test_a_bad_image_fact_names_file_line_and_key(project: Path, key: str, bad: str, problem: str) -> None:
+    path = project / "invoke.yaml"
+    text = path.read_text()
+    start = text.index(f"{key}: ", text.index("  contents: {"))
+    end = text.index(",", start) if key != "cuda" else text.index("}", start)
+    path.write_text(text[:start] + f'{key}: "{bad}"' + text[end:])
+    message = error_of(project, environ={})
+    assert message == f"invoke.yaml:{line_of(path, '  contents: {')}: container.contents.{key}: {problem} (got {problem.split(' is not')[0]})"

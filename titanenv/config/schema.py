@@ -272,35 +272,27 @@ def _version_problem(value: str) -> str | None:
     return None
 
 
+def _release_problem(like: str):
+    """The problem of an ``X.Y`` release (empty: not known), for :func:`_checked`."""
+    def problem(value: str) -> str | None:
+        if value and not re.fullmatch(r"\d+\.\d+", value):
+            return f"{value!r} is not {like}"
+        return None
+
+    return problem
+
+
 class ImageContents(Model):
     """What the pinned image holds: facts of the image, changed together with ``container.image``."""
 
-    torch: StrictStr = Field(default="", description="torch's distribution version in the image (pip show torch)")
-    python: StrictStr = Field(default="", description="X.Y of the image's Python")
-    glibc: StrictStr = Field(default="", description="X.Y of the image's C library (manylinux wheels it accepts)")
-    cuda: StrictStr = Field(default="", description="X.Y of the image's CUDA (which GPU generations it can drive)")
-
-    @field_validator("cuda")
-    @classmethod
-    def _cuda(cls, value: str) -> str:
-        if value and not re.match(r"^\d+\.\d+$", value):
-            raise ValueError(f"{value!r} is not a CUDA release like '13.3'")
-        return value
-
-    @field_validator("torch")
-    @classmethod
-    def _torch(cls, value: str) -> str:
-        problem = _version_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("python", "glibc")
-    @classmethod
-    def _major_minor(cls, value: str) -> str:
-        if value and not re.match(r"^\d+\.\d+$", value):
-            raise ValueError(f"{value!r} is not a version like 3.12")
-        return value
+    torch: Annotated[StrictStr, _checked(_version_problem)] = Field(
+        default="", description="torch's distribution version in the image (pip show torch)")
+    python: Annotated[StrictStr, _checked(_release_problem("a version like 3.12"))] = Field(
+        default="", description="X.Y of the image's Python")
+    glibc: Annotated[StrictStr, _checked(_release_problem("a version like 3.12"))] = Field(
+        default="", description="X.Y of the image's C library (manylinux wheels it accepts)")
+    cuda: Annotated[StrictStr, _checked(_release_problem("a CUDA release like '13.3'"))] = Field(
+        default="", description="X.Y of the image's CUDA (which GPU generations it can drive)")
 
 
 class ContainerSettings(Model):
@@ -326,18 +318,10 @@ class ContainerSettings(Model):
 class SlurmSettings(Model):
     partition: PartitionKind
     nodes: Annotated[StrictInt, Field(ge=1)]
-    time: StrictStr
+    time: Annotated[StrictStr, _checked(slurm_time_problem)]
     account: SlurmName = Field(description="empty: the machine's account")
     job_name: Annotated[StrictStr, _checked(job_name_problem)] = ""
     options: dict[SbatchOptionName, SbatchValue] = {}
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        problem = slurm_time_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
 
 class DataSettings(Model):
