@@ -122,22 +122,25 @@ def test_submit_dry_on_four_jwb_nodes_shows_the_derived_hsdp_degrees(dataset: Pa
 
 def test_the_default_recipe_follows_the_machine_and_an_explicit_one_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     from titanenv.config import load_config
-    from titanenv.train.job import recipe_path
 
     recipes = REPO_ROOT / "train_configs"
-    assert recipe_path(load_config(REPO_ROOT, flags={"machine": "local"})) == recipes / "debug_cpu.toml"
+    assert load_config(REPO_ROOT, flags={"machine": "local"}).recipe_path() == recipes / "debug_cpu.toml"
     for machine in ("jwb", "jwc", "jrc", "jpb", "mn5a"):
-        assert recipe_path(load_config(REPO_ROOT, flags={"machine": machine})) == recipes / "gpu_smoke.toml"
+        assert load_config(REPO_ROOT, flags={"machine": machine}).recipe_path() == recipes / "gpu_smoke.toml"
     flags = {"machine": "jwb", "train.config": "train_configs/llama3_8b.toml"}
-    assert recipe_path(load_config(REPO_ROOT, flags=flags)) == recipes / "llama3_8b.toml"
+    assert load_config(REPO_ROOT, flags=flags).recipe_path() == recipes / "llama3_8b.toml"
     checked = run_invoke("config.check", "--all")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     shown = run_invoke("config.show", "--machine", "jwb", "--key", "train")
     assert re.search(r"train\.config\s+auto\s+# invoke\.yaml:\d+", shown.stdout), shown.stdout
     assert re.search(r"train\.auto_config\.gpu\s+train_configs/gpu_smoke\.toml\s+#", shown.stdout), shown.stdout
+    resolved = run_invoke("config.show", "--machine", "jwb", "--key", "derived.train_config")
+    assert re.search(rf"derived\.train_config\s+{re.escape(str(recipes / 'gpu_smoke.toml'))}\s+"
+                     r"# train\.config auto -> train\.auto_config\.gpu \(cluster\.gpus_per_node 4\)$",
+                     resolved.stdout.strip()), resolved.stdout
 
     monkeypatch.setenv("INVOKE_TRAIN_CONFIG", "train_configs/debug_cpu.toml")
-    assert recipe_path(load_config(REPO_ROOT, flags={"machine": "jpb"})) == recipes / "debug_cpu.toml"
+    assert load_config(REPO_ROOT, flags={"machine": "jpb"}).recipe_path() == recipes / "debug_cpu.toml"
 
 
 def _variant(tmp_path: Path, name: str, old: str, new: str) -> Path:

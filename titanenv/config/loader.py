@@ -97,10 +97,24 @@ class Config:
         expanded = expand_template(template, self.placeholders(), key=key, source=self.origin(key))
         return os.path.expanduser(expanded)
 
+    def recipe_path(self) -> Path:
+        """The training TOML (see :meth:`recipe_key`), expanded."""
+        key = self.recipe_key()
+        value = self.settings.train.config if key == "train.config" else getattr(
+            self.settings.train.auto_config, key.rpartition(".")[2])
+        return self.expand_path(value, key)
+
     def expand_path(self, template: str, key: str) -> Path:
         """Like :meth:`expand`, for a path; relative paths are relative to the repository."""
         path = Path(self.expand(template, key))
         return path if path.is_absolute() else self.repo_root / path
+
+    def recipe_key(self) -> str:
+        """The setting that names the training TOML: train.config, or for ``auto`` the one
+        of train.auto_config that fits the machine (gpu where cluster.gpus_per_node > 0)."""
+        if self.settings.train.config != "auto":
+            return "train.config"
+        return f"train.auto_config.{'gpu' if self.settings.cluster.gpus_per_node else 'cpu'}"
 
     def items(self) -> Iterator[tuple[str, Any, str]]:
         """``(key, value, source)`` for every resolved leaf, then the derived paths."""
@@ -111,6 +125,10 @@ class Config:
         for name, value in self.paths.as_dict().items():
             yield f"derived.{name}", str(value), f"paths.{name} ({self.origin('paths.' + name)})"
         yield "derived.user", self.user, "settings.user" if self.settings.user else "login name"
+        recipe = self.recipe_key()
+        yield "derived.train_config", str(self.recipe_path()), recipe if recipe == "train.config" else (
+            f"train.config auto -> {recipe} (cluster.gpus_per_node {self.settings.cluster.gpus_per_node})"
+        )
         yield "derived.arch", self.arch, "cluster.cpu_arch" if self.settings.cluster.cpu_arch != "auto" else "this host"
         yield "derived.cores_per_node", self.cores_per_node, (
             "cluster.cores_per_node" if self.settings.cluster.cores_per_node != "auto" else "this host"

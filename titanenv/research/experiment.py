@@ -72,10 +72,9 @@ def find_experiment(config: Config, toml: str | None = None) -> Experiment:
 
     ``toml`` (a flag) wins; else the newest training run of that name; else ``train.config``.
     """
-    from titanenv.train.job import recipe_path
 
     settings = config.settings.train
-    configured = recipe_path(config)
+    configured = config.recipe_path()
     name = settings.name or configured.stem
     dump_folder = config.paths.checkpoint_dir / name
     if toml:

@@ -57,15 +57,6 @@ class Prepared:
         return line
 
 
-def recipe_path(config: Config) -> Path:
-    """The TOML train.config names; ``auto``: train.auto_config.cpu or .gpu, by cluster.gpus_per_node."""
-    settings = config.settings.train
-    if settings.config != "auto":
-        return config.expand_path(settings.config, "train.config")
-    kind = "gpu" if config.settings.cluster.gpus_per_node else "cpu"
-    return config.expand_path(getattr(settings.auto_config, kind), f"train.auto_config.{kind}")
-
-
 def procs_per_node(config: Config) -> int:
     """torchrun processes per node of a Slurm job: train.procs_per_node, else one per GPU, else one."""
     return config.settings.train.procs_per_node or config.settings.cluster.gpus_per_node or 1
@@ -98,7 +89,7 @@ def prepare(config: Config, request: TrainRequest, *, nodes: int = 1, procs: int
     it when it starts (``Prepared.pending``).
     """
     settings = config.settings.train
-    path = recipe_path(config)
+    path = config.recipe_path()
     job = read_recipe(config, path)
     for dotted, value in request.overrides.items():
         if value is not None:
