@@ -181,6 +181,9 @@ def test_the_checkout_mode_fails_before_anything_starts_in_one_line(release: Pat
     (blocked := checkpoint_dir() / "blocked").parent.mkdir(parents=True, exist_ok=True)
     blocked.write_text("a file where the dump folder would go")
     missing = tmp_path / "nowhere"
+    misspelt = tmp_path / "misspelt.toml"
+    misspelt.write_text(old_toml.read_text().replace("steps = 10", "stepz = 10"))
+    refuses = f"the TorchTitan of {release} refuses the job's configuration: "
     cases = [
         ({"checkout": missing}, [], f"error: train.torchtitan.checkout: {missing}: no such directory"),
         ({}, ["--torchtitan-entry", "torchtitan/nosuch.py"],
@@ -188,6 +191,15 @@ def test_the_checkout_mode_fails_before_anything_starts_in_one_line(release: Pat
         ({}, ["--config", str(malformed)], f"error: {malformed}: "),
         ({}, ["--name", "blocked"],
          f"error: {blocked}: cannot hold the job's checkpoints: {blocked} is not a directory"),
+        # The release's own parser, in the job's Python, before the job waits in the queue.
+        ({}, ["--config", str(misspelt)],
+         f"error: {misspelt}: {refuses}ValueError: Invalid field names in "
+         "<class 'torchtitan.config.job_config.Training'> data: {'stepz'}."),
+        ({"extra": ("--training.stepz", "3")}, [],
+         f"error: {old_toml}: {refuses}Unrecognized options: --training.stepz, 3 (perhaps --training.steps INT)"),
+        ({"extra": ("--training.steps", "many")}, [],
+         f"error: {old_toml}: {refuses}Error parsing --training.steps: invalid literal for int() with base 10: "
+         "'many'"),
         # This Python's own torchtitan is our 0.3.0, not the release's.
         ({"importable": False}, [], f"error: train.torchtitan.checkout: the job's Python ({sys.executable}) imports "
                                     f"torchtitan from {Path(find_spec('torchtitan').origin).parent}, not from the "

@@ -10,8 +10,10 @@ in the original environment::
 
 The TOML is that TorchTitan's, so our ``[model]``/``[data]`` checks do not
 apply; what is checked before anything starts: the entry point exists, the
-TOML parses as TOML, the dump folder can be made, and the job's Python
-imports ``torchtitan`` from the checkout (not some other installed one).
+TOML parses as TOML, the dump folder can be made, the job's Python imports
+``torchtitan`` from the checkout (not some other installed one), and the
+checkout's own config parser accepts the TOML and the options, in the job's
+Python (inside the machine's container for a submission).
 """
 
 from __future__ import annotations
@@ -136,22 +138,54 @@ def check_dump_folder(folder: Path) -> None:
         raise CheckoutError(f"{folder}: cannot be made: {existing} is not writable (paths.checkpoint_dir)")
 
 
-# Run with the entry point's directory first on sys.path, as ``python ENTRY`` has it.
-_WHICH_TORCHTITAN = """
-import importlib.util, sys
-sys.path[0] = sys.argv[1]
+# Run in the job's Python with the entry point's directory first on sys.path, as
+# ``python ENTRY`` has it: which torchtitan it imports, and, where that is the
+# checkout's, whether the checkout's own config parser accepts the job's options
+# (0.2+: torchtitan.config.ConfigManager; 0.1: torchtitan.config_manager.JobConfig).
+_CHECK_CHECKOUT = r"""
+import contextlib, importlib.util, io, json, os, sys
+entry_dir, package, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+sys.path[0] = entry_dir
 spec = importlib.util.find_spec("torchtitan")
-print("torchtitan=" + ((spec.origin or "") if spec else ""))
+origin = (spec.origin or "") if spec else ""
+print("torchtitan=" + origin, flush=True)
+if not origin or os.path.realpath(os.path.dirname(origin)) != os.path.realpath(package):
+    sys.exit(0)
+try:
+    from torchtitan.config import ConfigManager
+    parse = ConfigManager().parse_args
+except ImportError as exc:
+    if not (getattr(exc, "name", "") or "").startswith("torchtitan.config"):
+        print("refused=" + json.dumps(f"cannot import its config parser: {type(exc).__name__}: {exc}"))
+        sys.exit(0)
+    try:
+        from torchtitan.config_manager import JobConfig
+        parse = JobConfig().parse_args
+    except ImportError:
+        print("parser=none")
+        sys.exit(0)
+errors = io.StringIO()
+try:
+    with contextlib.redirect_stderr(errors):
+        parse(args)
+except SystemExit:
+    print("refused=" + json.dumps(errors.getvalue()))
+except Exception as exc:
+    print("refused=" + json.dumps(f"{type(exc).__name__}: {exc}"))
+else:
+    print("accepted")
 """
 
 
-def check_import(config: Config, job: CheckoutJob, *, here: bool) -> None:
-    """The job's Python imports ``torchtitan`` from the checkout, not another installed TorchTitan.
+def check_checkout(config: Config, job: CheckoutJob, toml: Path, *, cpu: bool, here: bool) -> None:
+    """The job's Python imports ``torchtitan`` from the checkout, and the checkout's parser accepts the job.
 
     Asks this Python (``here``: train.run) or the job's, where the job runs
-    (the machine's container or venv: train.submit). A checkout without a
-    ``torchtitan`` package (its entry point imports something else) is not
-    checked.
+    (the machine's container or venv: train.submit), so a misspelt key in
+    the TOML or an option that TorchTitan does not know is one line before
+    the job waits in the queue, not a traceback when it starts. A checkout
+    without a ``torchtitan`` package (its entry point imports something
+    else), or without a parser of a known name, is not checked.
     """
     checkout = job.checkout
     package = checkout.root / "torchtitan"
@@ -160,17 +194,20 @@ def check_import(config: Config, job: CheckoutJob, *, here: bool) -> None:
     from titanenv.launch import job_launcher, job_python
 
     python = sys.executable if here else job_python(config)
-    argv = [*([] if here else job_launcher(config)), python, "-c", _WHICH_TORCHTITAN, str(checkout.entry.parent)]
+    options = job.args(toml, cpu=cpu)[1:]  # without the entry point
+    argv = [*([] if here else job_launcher(config)), python, "-c", _CHECK_CHECKOUT, str(checkout.entry.parent),
+            str(package), *options]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, cwd=checkout.root)
     except OSError as exc:
         done = subprocess.CompletedProcess(argv, 127, "", str(exc))
-    found = [line.removeprefix("torchtitan=") for line in done.stdout.splitlines() if line.startswith("torchtitan=")]
-    if done.returncode != 0 or not found:
+    answers = {key: value for key, _, value in (line.partition("=") for line in done.stdout.splitlines())
+               if key in ("torchtitan", "refused", "parser", "accepted")}  # not what the fork's import prints
+    if done.returncode != 0 or "torchtitan" not in answers:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         raise CheckoutError(f"train.torchtitan.checkout: cannot ask the job's Python ({python}) which torchtitan "
                             f"it imports: {lines[-1] if lines else f'exit status {done.returncode}'}")
-    origin = found[0]
+    origin = answers["torchtitan"]
     install = f"install the checkout there (pip install -e {checkout.root}, or name it in env.repos and run env.setup)"
     if not origin:
         raise CheckoutError(f"train.torchtitan.checkout: the job's Python ({python}) has no torchtitan; {install}")
@@ -178,3 +215,43 @@ def check_import(config: Config, job: CheckoutJob, *, here: bool) -> None:
     if imported.resolve() != package.resolve():
         raise CheckoutError(f"train.torchtitan.checkout: the job's Python ({python}) imports torchtitan from "
                             f"{imported}, not from the checkout {checkout.root}; {install}")
+    if "refused" in answers:
+        import json
+
+        raise CheckoutError(f"{job.path}: the TorchTitan of {checkout.root} refuses the job's configuration: "
+                            f"{parser_problem(json.loads(answers['refused']))}")
+
+
+_BOX = "│╭╮╰╯┃"
+
+
+def parser_problem(text: str) -> str:
+    """One line from what a TorchTitan config parser said: tyro's boxed message, or an exception's first line.
+
+    tyro draws a box: a title (``╭─ Value error ─╮``), then sections
+    separated by rules; the first section says what is wrong, a section
+    ``Perhaps you meant:`` what was meant.
+    """
+    sections: list[list[str]] = [[]]
+    boxed = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("╭", "╰")):
+            boxed = True
+            continue
+        line = line.strip(_BOX).strip()
+        if line and set(line) <= {"─", "━"}:
+            sections.append([])
+        elif line:
+            sections[-1].append(line)
+    sections = [s for s in sections if s]
+    if not sections:
+        return "it gave no reason"
+    if not boxed:
+        return sections[0][0]
+    problem = " ".join(sections[0])
+    for section in sections[1:]:
+        if section[0].startswith("Perhaps you meant") and len(section) > 1:
+            problem += f" (perhaps {section[1]})"
+            break
+    return problem

@@ -313,7 +313,7 @@ def _run_here(config: Config, prepared: Prepared, run, procs: int, toml: Path,
     from titanenv.runs import write_record
 
     toml = write_resolved(prepared, toml)
-    _check_any(config, prepared, toml, here=True)
+    _check_any(config, prepared, toml, cpu=_local_gpus() == 0, here=True)
     prepared.dump_folder.mkdir(parents=True, exist_ok=True)
     write_record(config, run, job_ids=[], script=None,
                  extra={"train": {"command": command, **_record(prepared)}})
@@ -381,8 +381,8 @@ def _torchtitan_words(prepared, toml: Path, args: list[str]) -> list[str]:
     return torchtitan_command(prepared, toml) if isinstance(prepared, Prepared) else args
 
 
-def _check_any(config: Config, prepared, toml: Path, *, here: bool) -> None:
-    """Our TOML through TorchTitan's own parser; for a checkout, which torchtitan the job imports."""
+def _check_any(config: Config, prepared, toml: Path, *, cpu: bool, here: bool) -> None:
+    """Our TOML through TorchTitan's own parser; for a checkout, which torchtitan the job imports and its parser."""
     if isinstance(prepared, Prepared) and here:
         validate_with_torchtitan(prepared, toml)
         return
@@ -391,7 +391,7 @@ def _check_any(config: Config, prepared, toml: Path, *, here: bool) -> None:
         return
     from titanenv.train import checkout
 
-    checkout.check_import(config, prepared, here=here)
+    checkout.check_checkout(config, prepared, toml, cpu=cpu, here=here)
 
 
 def _record(prepared) -> dict[str, str]:
@@ -444,7 +444,7 @@ def submit(config: Config, request: TrainRequest, echo: Callable[[str], None] = 
     else:
         write_resolved(prepared, toml)
         try:
-            _check_any(config, prepared, toml, here=False)
+            _check_any(config, prepared, toml, cpu=config.settings.cluster.gpus_per_node == 0, here=False)
         except TitanEnvError:
             toml.unlink(missing_ok=True)
             raise
