@@ -103,3 +103,14 @@ def test_sigterm_to_every_worker_in_a_loop_never_leaves_the_parent_waiting() -> 
                             os.kill(pid, signal.SIGTERM)
         assert died.value.by_signal == signal.SIGTERM
         assert not pool.workers and all(_gone(pid) for pid in pool.pids)
+
+
+def _large(item: int) -> bytes:
+    return bytes(1 << 20)  # more than a pipe holds: its worker blocks until the answer is read
+
+
+def test_leaving_the_block_early_stops_workers_whose_answers_nobody_reads() -> None:
+    with ForkPool(2, _large) as pool:
+        for _ in pool.map_unordered(range(6)):
+            break
+    assert not pool.workers and all(_gone(pid) for pid in pool.pids)

@@ -191,7 +191,13 @@ class ForkPool(Generic[Item, Result]):
                 yield result
 
     def close(self) -> None:
-        """Tell every worker to end, and wait for them."""
+        """Tell every worker to end, and wait for them; workers still on an item are stopped instead.
+
+        (One whose answer nobody reads could block on its full pipe forever.)
+        """
+        if any(worker.item is not None for worker in self.workers):
+            self.stop()
+            return
         for worker in list(self.workers):
             self._retire(worker)
 
