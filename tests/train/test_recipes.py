@@ -138,6 +138,11 @@ def test_the_default_recipe_follows_the_machine_and_an_explicit_one_wins(monkeyp
     assert re.search(rf"derived\.train_config\s+{re.escape(str(recipes / 'gpu_smoke.toml'))}\s+"
                      r"# train\.config auto -> train\.auto_config\.gpu \(cluster\.gpus_per_node 4\)$",
                      resolved.stdout.strip()), resolved.stdout
+    # A value that cannot resolve is shown with its one-line problem, not a failure of the whole listing.
+    unresolved = run_invoke("config.show", "--key", "derived.train_config", env={"INVOKE_TRAIN_CONFIG": "{nosuch}/x.toml"})
+    assert unresolved.returncode == 0, unresolved.stderr
+    assert re.search(r"derived\.train_config\s+\?\s+# env INVOKE_TRAIN_CONFIG: train\.config: unknown placeholder "
+                     r"\{nosuch\}", unresolved.stdout), unresolved.stdout
 
     monkeypatch.setenv("INVOKE_TRAIN_CONFIG", "train_configs/debug_cpu.toml")
     assert load_config(REPO_ROOT, flags={"machine": "jpb"}).recipe_path() == recipes / "debug_cpu.toml"

@@ -104,6 +104,17 @@ class Config:
             self.settings.train.auto_config, key.rpartition(".")[2])
         return self.expand_path(value, key)
 
+    def shown_recipe(self) -> tuple[str, str]:
+        """:meth:`recipe_path` and where it came from, for config.show (which shows a bad value, not only fails)."""
+        recipe = self.recipe_key()
+        try:
+            path = str(self.recipe_path())
+        except ConfigError as exc:
+            return "?", str(exc)
+        if recipe == "train.config":
+            return path, recipe
+        return path, f"train.config auto -> {recipe} (cluster.gpus_per_node {self.settings.cluster.gpus_per_node})"
+
     def expand_path(self, template: str, key: str) -> Path:
         """Like :meth:`expand`, for a path; relative paths are relative to the repository."""
         path = Path(self.expand(template, key))
@@ -125,10 +136,7 @@ class Config:
         for name, value in self.paths.as_dict().items():
             yield f"derived.{name}", str(value), f"paths.{name} ({self.origin('paths.' + name)})"
         yield "derived.user", self.user, "settings.user" if self.settings.user else "login name"
-        recipe = self.recipe_key()
-        yield "derived.train_config", str(self.recipe_path()), recipe if recipe == "train.config" else (
-            f"train.config auto -> {recipe} (cluster.gpus_per_node {self.settings.cluster.gpus_per_node})"
-        )
+        yield ("derived.train_config", *self.shown_recipe())
         yield "derived.arch", self.arch, "cluster.cpu_arch" if self.settings.cluster.cpu_arch != "auto" else "this host"
         yield "derived.cores_per_node", self.cores_per_node, (
             "cluster.cores_per_node" if self.settings.cluster.cores_per_node != "auto" else "this host"

@@ -34,7 +34,7 @@ def as_data(config: Config) -> dict[str, Any]:
     """The resolved settings plus the derived paths, for --format json/yaml."""
     data = config.settings.model_dump(mode="json")
     data["derived"] = {name: str(path) for name, path in config.paths.as_dict().items()}
-    data["derived"].update(user=config.user, train_config=str(config.recipe_path()), arch=config.arch,
+    data["derived"].update(user=config.user, train_config=config.shown_recipe()[0], arch=config.arch,
                            cores_per_node=config.cores_per_node)
     return data
 
