@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ pytest_plugins: list[str] = ["tests.fixtures.podman", "tests.fixtures.slurm", "t
 # The fixture that starts each real service, and the mark of every test that uses it
 # (directly or through another fixture): `-m "not slurm"` then never starts the cluster.
 SERVICE_MARKS = {"slurm_cluster": "slurm", "sshd": "sshd", "podman": "container"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a shell without job control (`(pytest &)`) starts
+    # with Ctrl-C ignored, and every process it starts inherits that: the tests of what
+    # Ctrl-C does would then fail. A handler of our own is reset to the default in children.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)
