@@ -22,26 +22,18 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from benchlib import ROOT, invoke
+
 from titanenv.sample_data import materialize
 
-ROOT = Path(__file__).resolve().parent.parent
 # The repository's sample corpus and tokenizer as plain files (sample_data/README.md).
 SHARED = materialize(ROOT / "bench" / "out" / "sample-data")
 CORPUS = SHARED / "corpus" / "openwebtext_1000.jsonl"
 TOKENIZER = SHARED / "tokenizers" / "gpt2"
 WORK = ROOT / ".work" / "bench-loader"
-
-
-def invoke(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"invoke {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    return done.stdout + done.stderr
 
 
 def drain(loader, batches: int) -> tuple[float, int]:

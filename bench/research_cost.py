@@ -28,20 +28,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, invoke
+
 WORK = ROOT / ".work" / "bench-research-cost"
-
-
-def invoke(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"invoke {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    return done.stdout + done.stderr
 
 
 def timings(dump: Path) -> tuple[float, float]:

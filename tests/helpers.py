@@ -194,3 +194,25 @@ def corpus_and_reference(folder: Path) -> tuple[Path, Path]:
     reference = folder / "straight" / "train"
     succeeded(preprocess_mib_chunks(corpus, reference))
     return corpus, reference
+
+
+def restored_titan_model(model: dict, checkpoint: Path):
+    """TorchTitan's model of a TOML's ``[model]`` on CPU, weights restored from ``checkpoint`` with DCP.
+
+    Written here, not taken from the product (``research.export.load_model``):
+    tests compare what the product computes against a model restored on their own.
+    """
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from titanenv.train.registry import model_spec
+
+    with torch.device("meta"):
+        titan = model_spec(model).model.build()
+    titan.to_empty(device="cpu")
+    with torch.no_grad():
+        titan.init_states(buffer_device=torch.device("cpu"))
+    state = titan.state_dict()
+    dcp.load(state, checkpoint_id=str(checkpoint))
+    titan.load_state_dict(state)
+    return titan.eval()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SHARED_DATA, run_invoke, valid_env
+from tests.helpers import SHARED_DATA, restored_titan_model, run_invoke, valid_env
 
 pytestmark = pytest.mark.train
 
@@ -68,11 +68,9 @@ def exported(lab: dict) -> Path:
 
 def test_export_loads_in_transformers_and_gives_torchtitans_logits(lab: dict, exported: Path) -> None:
     import torch
-    import torch.distributed.checkpoint as dcp
     from transformers import AutoModelForCausalLM
 
     from titanenv.train.jobconfig import read
-    from titanenv.train.registry import model_spec
 
     assert {p.name for p in exported.iterdir()} >= {"model.safetensors", "config.json", "generation_config.json",
                                                     "tokenizer.json", "tokenizer_config.json"}
@@ -83,16 +81,7 @@ def test_export_loads_in_transformers_and_gives_torchtitans_logits(lab: dict, ex
 
     # TorchTitan's own model from the same checkpoint, restored here with DCP.
     toml = next((lab["root"] / "runs" / "train").glob("*/train.toml"))
-    spec = model_spec({**read(toml).model, "attention": "sdpa"})
-    with torch.device("meta"):
-        titan = spec.model.build()
-    titan.to_empty(device="cpu")
-    with torch.no_grad():
-        titan.init_states(buffer_device=torch.device("cpu"))
-    state = titan.state_dict()
-    dcp.load(state, checkpoint_id=str(lab["dump"] / "checkpoint" / "step-4"))
-    titan.load_state_dict(state)
-    titan.eval()
+    titan = restored_titan_model({**read(toml).model, "attention": "sdpa"}, lab["dump"] / "checkpoint" / "step-4")
 
     os.environ.update(OFFLINE)
     hf = AutoModelForCausalLM.from_pretrained(str(exported), dtype=torch.float32).eval()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, SHARED_DATA, run_invoke
+from tests.helpers import REPO_ROOT, SHARED_DATA, restored_titan_model, run_invoke
 from titanenv.data import preprocess as pre
 from titanenv.data.indexed import IndexedDataset, bin_path, idx_path
 from titanenv.train.dataset import TrainDataError
@@ -269,21 +269,10 @@ def _train(name: str, procs: int, held: tuple[Path, Path, Path], tmp: Path) -> t
 def _independent_loss(dump: Path, step: int, windows: np.ndarray, toml: Path) -> float:
     """Cross-entropy over these windows with the checkpoint's weights in TorchTitan's model, restored here."""
     import torch
-    import torch.distributed.checkpoint as dcp
 
     from titanenv.train.jobconfig import read
-    from titanenv.train.registry import model_spec
 
-    spec = model_spec(read(toml).model)
-    with torch.device("meta"):
-        model = spec.model.build()
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        model.init_states(buffer_device=torch.device("cpu"))
-    state = model.state_dict()
-    dcp.load(state, checkpoint_id=str(dump / "checkpoint" / f"step-{step}"))
-    model.load_state_dict(state)
-    model.eval()
+    model = restored_titan_model(read(toml).model, dump / "checkpoint" / f"step-{step}")
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(windows), 16):
