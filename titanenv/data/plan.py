@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -146,11 +147,15 @@ class Plan:
     def total_bytes(self) -> int:
         return sum(item["size"] for item in self.inputs)
 
+    @cached_property
+    def _input_sizes(self) -> dict[str, int]:
+        return {item["path"]: int(item["size"]) for item in self.inputs}
+
     def chunk_bytes(self, chunk: Chunk) -> int:
         """The input bytes a chunk covers: its range, or its whole file's size (compressed, Arrow)."""
         if chunk.end >= 0:
             return chunk.size
-        return next((int(item["size"]) for item in self.inputs if item["path"] == str(chunk.path)), 0)
+        return self._input_sizes.get(str(chunk.path), 0)
 
     def token_bytes(self, stats: ChunkStats) -> int:
         """The size of a chunk's tokens in the ``.bin``: what its successors' offsets add up."""
